@@ -1,0 +1,1 @@
+"""rlfleet benchmarks: each prints a table and writes a JSON file under bench/results/."""

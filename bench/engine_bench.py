@@ -1,0 +1,265 @@
+"""Engine benchmarks on one real engine pod: pause under load, continuous batching vs one-at-a-time, resume.
+
+python -m bench.engine_bench [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+
+import httpx
+
+from bench.common import console, print_table, write_result
+from engine_pod.launcher import EnginePod
+
+REFERENCE_PAUSE_S = 0.342  # the design this comes from: 8 running + 12 waiting
+
+
+async def _stream(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int) -> dict:
+    t0 = time.perf_counter()
+    ttft = None
+    tokens = 0
+    finish = None
+    body = {
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    async with client.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            ch = json.loads(line[6:])["choices"][0]
+            if ch["token_ids"] and ttft is None:
+                ttft = time.perf_counter() - t0
+            tokens += len(ch["token_ids"])
+            finish = ch["finish_reason"] or finish
+    return {"tokens": tokens, "ttft": ttft, "finish": finish, "latency": time.perf_counter() - t0}
+
+
+async def _stats(client: httpx.AsyncClient, url: str) -> dict:
+    return (await client.get(url + "/v1/stats")).json()
+
+
+async def pause_under_load(url: str, running: int, waiting: int, max_tokens: int) -> dict:
+    """R running + W waiting streams; pause once the running batch streams; what each side counted."""
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=running + waiting + 8)) as c:
+        await c.post(url + "/v1/resume")
+        tasks = [
+            asyncio.create_task(_stream(c, url, f"load {i}", max_tokens))
+            for i in range(running + waiting)
+        ]
+        for _ in range(2000):
+            await asyncio.sleep(0.02)
+            s = await _stats(c, url)
+            if s["running"] == running and s["waiting"] == waiting and s["tokens_generated"] > 0:
+                break
+        await asyncio.sleep(0.2)
+        t0 = time.perf_counter()
+        r = (await c.post(url + "/v1/pause", json={}, timeout=120)).json()
+        wall = time.perf_counter() - t0
+        results = await asyncio.gather(*tasks)
+        after = await _stats(c, url)
+        await c.post(url + "/v1/resume")
+    client_tokens = sum(x["tokens"] for x in results)
+    return {
+        "running": running,
+        "waiting": waiting,
+        "pause_s": wall,
+        "engine_duration_s": r["duration_s"],
+        "phases": r.get("phases"),
+        "aborted": r["aborted"],
+        "partial_tokens": r["partial_tokens"],
+        "client_tokens": client_tokens,
+        "tokens_match": client_tokens == r["partial_tokens"],
+        "all_abort": all(x["finish"] == "abort" for x in results),
+        "freed_blocks": r["freed_blocks"],
+        "total_blocks": r["total_blocks"],
+        "kv_used_after": after["kv_used_blocks"],
+        "forced": r["forced"],
+    }
+
+
+async def decode_step_time(url: str, batch: int) -> float:
+    """Mean seconds per engine step with `batch` decoding sequences (from the engine's step counter)."""
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=batch + 4)) as c:
+        tasks = [asyncio.create_task(_stream(c, url, f"step {i}", 200)) for i in range(batch)]
+        await asyncio.sleep(1.0)
+        s0, t0 = await _stats(c, url), time.perf_counter()
+        await asyncio.sleep(1.5)
+        s1, t1 = await _stats(c, url), time.perf_counter()
+        await c.post(url + "/v1/abort_requests", json={"abort_all": True})
+        await asyncio.gather(*tasks)
+    return (t1 - t0) / max(1, s1["steps"] - s0["steps"])
+
+
+async def throughput(url: str, concurrency: int, max_tokens: int) -> dict:
+    """Output tokens/s with `concurrency` concurrent streams vs the same requests one at a time."""
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency + 4)) as c:
+        t0 = time.perf_counter()
+        batched = await asyncio.gather(
+            *(_stream(c, url, f"tp {i}", max_tokens) for i in range(concurrency))
+        )
+        t_batched = time.perf_counter() - t0
+        n_seq = min(
+            concurrency, 8
+        )  # one-at-a-time baseline on up to 8 requests (rate is per request)
+        t0 = time.perf_counter()
+        seq = [await _stream(c, url, f"tp {i}", max_tokens) for i in range(n_seq)]
+        t_seq = time.perf_counter() - t0
+    tps_batched = sum(x["tokens"] for x in batched) / t_batched
+    tps_seq = sum(x["tokens"] for x in seq) / t_seq
+    return {
+        "concurrency": concurrency,
+        "tokens_per_s": tps_batched,
+        "sequential_tokens_per_s": tps_seq,
+        "speedup": tps_batched / tps_seq,
+        "ttft_p50_s": statistics.median(x["ttft"] for x in batched),
+        "ttft_sequential_s": statistics.median(x["ttft"] for x in seq),
+    }
+
+
+async def resume_to_first_token(url: str, trials: int = 5) -> dict:
+    samples = []
+    async with httpx.AsyncClient() as c:
+        for i in range(trials):
+            await c.post(url + "/v1/pause", json={})
+            t0 = time.perf_counter()
+            await c.post(url + "/v1/resume")
+            first = await _stream(c, url, f"resume {i}", 1)
+            samples.append(time.perf_counter() - t0)
+            assert first["tokens"] == 1
+    return {
+        "trials": trials,
+        "resume_to_first_token_s_median": statistics.median(samples),
+        "samples": samples,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="smaller load (CI-sized)")
+    ap.add_argument("--model", default=None, help="model dir (default: the embedded tiny model)")
+    args = ap.parse_args(argv)
+    extra = ["--model", args.model] if args.model else []
+    out: dict = {
+        "model": args.model or "tiny-qwen2 (embedded)",
+        "reference_pause_s": REFERENCE_PAUSE_S,
+    }
+    concurrencies = [1, 8] if args.quick else [1, 8, 32, 64]
+
+    console.rule("engine: pause under load")
+    with EnginePod("--max-num-seqs", "8", "--num-kv-blocks", "1024", *extra) as pod:
+        step = asyncio.run(decode_step_time(pod.url, 8))
+        p = asyncio.run(pause_under_load(pod.url, 8, 12, 400))
+        p["decode_step_s"] = step
+        p["target_s"] = step + 0.05
+        out["pause_8_12"] = p
+        out["resume"] = asyncio.run(resume_to_first_token(pod.url))
+    rows = [
+        [
+            f"{p['running']}+{p['waiting']}",
+            p["pause_s"],
+            p["engine_duration_s"],
+            p["decode_step_s"],
+            REFERENCE_PAUSE_S,
+            p["aborted"],
+            p["partial_tokens"],
+            p["client_tokens"],
+            f"{p['freed_blocks']}/{p['total_blocks']}",
+        ]
+    ]
+    if not args.quick:
+        with EnginePod(
+            "--max-num-seqs",
+            "64",
+            "--num-kv-blocks",
+            "4096",
+            "--max-num-batched-tokens",
+            "2048",
+            *extra,
+        ) as pod:
+            step = asyncio.run(decode_step_time(pod.url, 64))
+            p = asyncio.run(pause_under_load(pod.url, 64, 128, 300))
+            p["decode_step_s"] = step
+            p["target_s"] = step + 0.05
+            out["pause_64_128"] = p
+            rows.append(
+                [
+                    f"{p['running']}+{p['waiting']}",
+                    p["pause_s"],
+                    p["engine_duration_s"],
+                    p["decode_step_s"],
+                    REFERENCE_PAUSE_S,
+                    p["aborted"],
+                    p["partial_tokens"],
+                    p["client_tokens"],
+                    f"{p['freed_blocks']}/{p['total_blocks']}",
+                ]
+            )
+    print_table(
+        "pause under load (s)",
+        [
+            "running+waiting",
+            "pause (HTTP)",
+            "engine",
+            "decode step",
+            "reference",
+            "aborted",
+            "partial tok",
+            "client tok",
+            "freed/total",
+        ],
+        rows,
+    )
+    console.print(
+        f"resume → first token: {out['resume']['resume_to_first_token_s_median'] * 1000:.1f} ms (median of {out['resume']['trials']})"
+    )
+
+    console.rule("engine: continuous batching vs one-at-a-time")
+    with EnginePod(
+        "--max-num-seqs",
+        "64",
+        "--num-kv-blocks",
+        "4096",
+        "--max-num-batched-tokens",
+        "2048",
+        *extra,
+    ) as pod:
+        out["throughput"] = [
+            asyncio.run(throughput(pod.url, c, 32 if args.quick else 64)) for c in concurrencies
+        ]
+    print_table(
+        "decode throughput (output tokens/s)",
+        [
+            "concurrency",
+            "batched tok/s",
+            "sequential tok/s",
+            "speedup",
+            "TTFT p50 (s)",
+            "TTFT seq (s)",
+        ],
+        [
+            [
+                t["concurrency"],
+                t["tokens_per_s"],
+                t["sequential_tokens_per_s"],
+                t["speedup"],
+                t["ttft_p50_s"],
+                t["ttft_sequential_s"],
+            ]
+            for t in out["throughput"]
+        ],
+    )
+    write_result("engine", out)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Model runners: the Paddle decoder over the paged KV cache, its reference, sampling and loading."""

@@ -1,0 +1,98 @@
+"""update_weights: paused only, validated, atomic (a bad checkpoint leaves the old weights serving)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine_pod.model.tiny import ensure_tiny_model
+from tests.engine.conftest import complete, control
+
+PROMPT = "weights decide what comes next"
+
+
+def greedy(pod) -> list[int]:
+    r = complete(pod, PROMPT, max_tokens=16, ignore_eos=True)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["token_ids"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    base = Path(ensure_tiny_model())
+    new = root / "step-1"
+    subprocess.run(
+        [sys.executable, "-m", "engine_pod.model.tiny", "--out", str(new), "--seed", "1"],
+        check=True,
+    )
+    corrupt = root / "corrupt"
+    shutil.copytree(base, corrupt)
+    st = next(corrupt.glob("*.safetensors"))
+    st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
+    bad_json = root / "bad-json"
+    shutil.copytree(base, bad_json)
+    (bad_json / "config.json").write_text("{ not json")
+    return {
+        "base": base,
+        "new": new,
+        "corrupt": corrupt,
+        "bad_json": bad_json,
+        "missing": root / "nope",
+    }
+
+
+def test_update_while_running_is_409(running, checkpoints):
+    r = control(running, "/v1/update_weights", {"path": str(checkpoints["new"]), "version": "x"})
+    assert r.status_code == 409 and "paused" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("name", ["corrupt", "bad_json", "missing"])
+def test_bad_checkpoint_is_400_and_old_weights_keep_serving(running, checkpoints, name):
+    before = greedy(running)
+    version = control(running, "/v1/is_paused", method="GET").json()["weights_version"]
+    control(running, "/v1/pause").raise_for_status()
+    r = control(running, "/v1/update_weights", {"path": str(checkpoints[name]), "version": "bad"})
+    assert r.status_code == 400, r.text
+    assert "old weights kept" in r.json()["error"]["message"]
+    assert control(running, "/v1/is_paused", method="GET").json()["weights_version"] == version
+    control(running, "/v1/resume").raise_for_status()
+    assert greedy(running) == before
+
+
+def test_mismatched_architecture_is_refused(running, tmp_path):
+    from engine_pod.model.tiny import make_random_model
+
+    other = tmp_path / "wider"
+    make_random_model(
+        str(other), hidden=96, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=300, seed=3
+    )
+    control(running, "/v1/pause").raise_for_status()
+    r = control(running, "/v1/update_weights", {"path": str(other), "version": "wider"})
+    assert r.status_code == 400
+
+
+def test_good_checkpoint_changes_outputs_and_version(running, checkpoints):
+    before = greedy(running)
+    control(running, "/v1/pause").raise_for_status()
+    r = control(
+        running, "/v1/update_weights", {"path": str(checkpoints["new"]), "version": "step-1"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["weights_version"] == "step-1"
+    st = control(running, "/v1/is_paused", method="GET").json()
+    assert st["is_paused"] is True and st["weights_version"] == "step-1"
+    control(running, "/v1/resume").raise_for_status()
+    after = greedy(running)
+    assert after != before
+    # back to the base weights: the original outputs return exactly
+    control(running, "/v1/pause").raise_for_status()
+    control(
+        running, "/v1/update_weights", {"path": str(checkpoints["base"]), "version": "base"}
+    ).raise_for_status()
+    control(running, "/v1/resume").raise_for_status()
+    assert greedy(running) == before
