@@ -65,7 +65,7 @@ def test_bad_checkpoint_is_400_and_old_weights_keep_serving(running, checkpoints
 
 
 def test_mismatched_architecture_is_refused(running, tmp_path):
-    from engine_pod.model.tiny import make_random_model
+    from engine_pod.model.random_model import make_random_model
 
     other = tmp_path / "wider"
     make_random_model(
