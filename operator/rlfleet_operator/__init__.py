@@ -1,0 +1,1 @@
+"""rlfleet operator: reconciles InferencePool resources (importable name differs from the folder so stdlib `operator` is not shadowed)."""

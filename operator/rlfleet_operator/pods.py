@@ -1,0 +1,131 @@
+"""What the operator sees of each pod: Kubernetes status first, then the engine's own answer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .replica import Replica
+
+# Engine states (GET /v1/is_paused "state") → replicaStatuses[].state
+ENGINE_STATES = {
+    "running": "Running",
+    "rejecting": "Rejecting",
+    "draining": "Draining",
+    "paused": "Paused",
+}
+# Pod-level states
+PENDING, STARTING, UNREACHABLE, TERMINATING, FAILED = (
+    "Pending",
+    "Starting",
+    "Unreachable",
+    "Terminating",
+    "Failed",
+)
+
+# Container / scheduling reasons that mean "this pod will not come up by itself".
+STUCK_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "InvalidImageName",
+        "RunContainerError",
+        "Unschedulable",
+    }
+)
+
+
+@dataclass
+class ReplicaView:
+    """One pod as the status reports it."""
+
+    pod: str
+    ip: str | None
+    ready: bool
+    live: bool  # Running, has an IP, not terminating: can be talked to
+    state: str
+    weights_version: str | None = None
+    message: str = ""
+    reachable: bool = False
+    stuck: bool = False  # a reason in STUCK_REASONS
+
+    def replica(self, port: int) -> Replica:
+        return Replica(self.pod, f"http://{self.ip}:{port}")
+
+    def to_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"pod": self.pod, "state": self.state, "ready": self.ready}
+        if self.ip:
+            out["ip"] = self.ip
+        if self.weights_version is not None:
+            out["weightsVersion"] = self.weights_version
+        if self.message:
+            out["message"] = self.message[:500]
+        return out
+
+
+def _why_not_running(pod: Mapping[str, Any]) -> tuple[str, bool]:
+    """A human reason a pod is not (yet) serving, and whether it is stuck."""
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or ():
+        state = cs.get("state") or {}
+        for key in ("waiting", "terminated"):
+            detail = state.get(key)
+            if detail and detail.get("reason"):
+                text = detail["reason"] + (
+                    f": {detail['message']}" if detail.get("message") else ""
+                )
+                return text, detail["reason"] in STUCK_REASONS
+    for cond in status.get("conditions") or ():
+        if cond.get("status") == "False" and cond.get("reason"):
+            text = cond["reason"] + (f": {cond['message']}" if cond.get("message") else "")
+            return text, cond["reason"] in STUCK_REASONS
+    return "", False
+
+
+def view_of_pod(pod: Mapping[str, Any]) -> ReplicaView:
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    ip = status.get("podIP") or None
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or ()
+    )
+    phase = status.get("phase") or "Pending"
+    why, stuck = _why_not_running(pod)
+    if meta.get("deletionTimestamp"):
+        return ReplicaView(meta["name"], ip, ready, False, TERMINATING, message=why)
+    if phase in ("Failed", "Succeeded"):
+        return ReplicaView(
+            meta["name"],
+            ip,
+            False,
+            False,
+            FAILED,
+            message=why or status.get("reason") or phase,
+            stuck=True,
+        )
+    if phase != "Running" or not ip:
+        return ReplicaView(meta["name"], ip, False, False, PENDING, message=why, stuck=stuck)
+    return ReplicaView(meta["name"], ip, ready, True, STARTING, message=why, stuck=stuck)
+
+
+def apply_probe(view: ReplicaView, ok: bool, data: Mapping[str, Any], error: str | None) -> None:
+    """Fold the engine's /v1/is_paused answer (or the failure) into the view."""
+    if ok:
+        view.reachable = True
+        view.state = ENGINE_STATES.get(str(data.get("state", "")).lower()) or (
+            "Paused" if data.get("is_paused") else "Running"
+        )
+        version = data.get("weights_version")
+        view.weights_version = str(version) if version is not None else None
+        view.message = ""
+        view.stuck = False
+    else:
+        view.reachable = False
+        # Not ready yet and not answering: still starting (it starts paused if the pool is).
+        view.state = UNREACHABLE if view.ready else STARTING
+        view.message = error or view.message
