@@ -93,6 +93,7 @@ class PauseFigures:
     forced: int = 0
     max_replica_duration_s: float = 0.0
     duration_s: float = 0.0
+    per_replica: list[dict[str, Any]] = field(default_factory=list)
 
     def to_status(self) -> dict[str, Any]:
         return {
@@ -105,6 +106,7 @@ class PauseFigures:
             "forcedReplicas": self.forced,
             "maxReplicaSeconds": round(self.max_replica_duration_s, 3),
             "durationSeconds": round(self.duration_s, 3),
+            "perReplica": self.per_replica,
         }
 
 
@@ -149,6 +151,18 @@ def aggregate_pause(results: Sequence[ReplicaResult], duration_s: float) -> Paus
         except (TypeError, ValueError):
             replica_s = 0.0
         figures.max_replica_duration_s = max(figures.max_replica_duration_s, replica_s)
+        figures.per_replica.append(
+            {
+                "pod": r.pod,
+                "durationSeconds": round(replica_s, 4),
+                "abortedRequests": _int(r.data.get("aborted")),
+                "partialTokens": _int(r.data.get("partial_tokens")),
+                "freedBlocks": _int(r.data.get("freed_blocks")),
+                "totalBlocks": _int(r.data.get("total_blocks")),
+                "forced": bool(r.data.get("forced")),
+            }
+        )
+    figures.per_replica.sort(key=lambda x: x["pod"])
     return figures
 
 
