@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
     @kopf.on.startup(id="startup", registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure_settings(settings)
-        metrics.serve(cfg.metrics_port)
+        metrics.serve(cfg.metrics_port, addr=os.environ.get("POD_IP") or "0.0.0.0")
         memo.reconciler = Reconciler(Kube(), events=post_event)
         log.info(
             "rlfleet operator started: resync=%ss metrics_port=%s",
