@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).parent / "results"
-console = Console()
+console = Console(width=150)
 
 
 def machine_info() -> dict:
