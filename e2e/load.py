@@ -79,8 +79,15 @@ class StreamingLoad:
         while time.monotonic() < deadline:
             if all(self.tokens_seen[r.pod] >= min_tokens_per_replica for r in self.replicas):
                 return
+            if not self._thread.is_alive():
+                break  # the load thread died: say why below rather than wait out the timeout
             time.sleep(0.05)
-        raise TimeoutError(f"load did not stream on every replica: {dict(self.tokens_seen)}")
+        failed = [f"{r.replica}: {r.detail}" for r in self.report.records if r.outcome == "failed"]
+        raise TimeoutError(
+            f"load did not stream on every replica: tokens {dict(self.tokens_seen)}, "
+            f"outcomes {dict(self.report.by_outcome())}, load thread alive: "
+            f"{self._thread.is_alive()}, first failures: {failed[:3]}"
+        )
 
     # -- the thread ---------------------------------------------------------------
     def _run(self) -> None:
