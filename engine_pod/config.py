@@ -34,6 +34,7 @@ class EngineConfig:
     weights_version: str | None = None
     seed: int = 0
     pause_timeout_s: float = 30.0
+    admission_queue_size: int = 256
     synthetic_step_ms: float = 5.0
     debug_step_delay_ms: float = 0.0
     log_level: str = "info"
@@ -123,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--pause-timeout-s", type=float, default=30.0, help="default drain bound of /v1/pause"
     )
     p.add_argument(
+        "--admission-queue-size",
+        type=int,
+        default=256,
+        help="most requests held while paused with admission 'queue' (more get 503)",
+    )
+    p.add_argument(
         "--synthetic-step-ms",
         type=float,
         default=5.0,
@@ -147,9 +154,11 @@ def config_from_args(argv: list[str] | None = None) -> EngineConfig:
         or a.max_num_batched_tokens < 1
         or a.block_size < 1
         or a.num_kv_blocks < 1
+        or a.admission_queue_size < 0
     ):
         raise SystemExit(
-            "--max-num-seqs, --max-num-batched-tokens, --block-size, --num-kv-blocks must be >= 1"
+            "--max-num-seqs, --max-num-batched-tokens, --block-size, --num-kv-blocks must be >= 1;"
+            " --admission-queue-size >= 0"
         )
     return EngineConfig(
         model=a.model,
@@ -170,6 +179,7 @@ def config_from_args(argv: list[str] | None = None) -> EngineConfig:
         weights_version=a.weights_version,
         seed=a.seed,
         pause_timeout_s=a.pause_timeout_s,
+        admission_queue_size=a.admission_queue_size,
         synthetic_step_ms=a.synthetic_step_ms,
         debug_step_delay_ms=a.debug_step_delay_ms,
         log_level=a.log_level,

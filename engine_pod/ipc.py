@@ -6,12 +6,15 @@ API → engine (`input`):
     {"op": "add", "id", "prompt" | "prompt_token_ids" | "messages", "sampling": {...}}
     {"op": "abort", "ids": [...]}                      fire-and-forget (client went away)
     {"op": "control", "call": n, "cmd": str, "args": {...}}   answered by a "reply"
+        pause: {timeout_s, stage, mode, admission}; update_weights: {path, version, digest}
 
 engine → API (`output`), in the order the engine produced them:
     {"kind": "ready", "info": {...}}                   model loaded, serving
-    {"kind": "accepted", "id"} | {"kind": "rejected", "id", "status", "type", "message"}
+    {"kind": "accepted", "id", "prompt_tokens"}        (held while paused: sent on resume)
+    {"kind": "rejected", "id", "status", "type", "message"}
     {"kind": "out", "items": [{"id", "t": tokens, "x": text, "f": finish_reason|None, "p", "c"}]}
-    {"kind": "state", "state", "weights_version", "loading"}
+    {"kind": "state", "state", "weights_version", "weights_digest", "loading",
+     "mode", "admission"}                              (mode / admission of the pause; None running)
     {"kind": "reply", "call", "status": int, "result" | "error"}
     {"kind": "fatal", "message"}                       the engine cannot serve
 

@@ -55,6 +55,7 @@ def build_control_router(
             return body
         if client.state == "running":
             client.state = "rejecting"  # close admission here at once; the engine confirms
+        client.admission = body.admission  # likewise: queue arrivals from now on
         timeout = body.timeout_s if body.timeout_s is not None else pause_timeout_s
         result = await _call(
             client, "pause", body.model_dump(exclude_none=True), timeout=timeout + 30
@@ -76,6 +77,9 @@ def build_control_router(
             "is_paused": client.state == "paused",
             "state": client.state,
             "weights_version": client.weights_version,
+            "weights_digest": client.weights_digest,
+            "mode": client.pause_mode,
+            "admission": client.admission,
             "loading_weights": client.loading,
         }
 
@@ -101,7 +105,8 @@ def build_control_router(
         body = await _parse(request, UpdateWeightsRequest)
         if isinstance(body, Response):
             return body
-        result = await _call(client, "update_weights", body.model_dump(), timeout=1800)
+        args = body.model_dump(exclude_none=True)
+        result = await _call(client, "update_weights", args, timeout=1800)
         metrics.weight_updates.labels("ok" if not isinstance(result, Response) else "refused").inc()
         return result if isinstance(result, Response) else JSONResponse(result)
 

@@ -48,6 +48,9 @@ class EngineClient:
         self.info: dict[str, Any] = {}
         self.state = "starting"
         self.weights_version = ""
+        self.weights_digest = ""
+        self.pause_mode: str | None = None
+        self.admission: str | None = None  # of the current pause
         self.loading = False
         self.fatal: str | None = None
         self.started_at = time.monotonic()
@@ -140,6 +143,9 @@ class EngineClient:
         elif kind in ("state", "ready"):
             self.state = msg["state"]
             self.weights_version = msg["weights_version"]
+            self.weights_digest = msg.get("weights_digest", "")
+            self.pause_mode = msg.get("mode")
+            self.admission = msg.get("admission")
             self.loading = msg.get("loading", False)
             if kind == "ready":
                 self.info = msg["info"]
@@ -151,7 +157,10 @@ class EngineClient:
     # -- outbound -----------------------------------------------------------------
     @property
     def admitting(self) -> bool:
-        return self.alive and self.ready.is_set() and self.state == "running"
+        """Running, or paused with queue admission (the engine holds new requests until resume)."""
+        if not (self.alive and self.ready.is_set()):
+            return False
+        return self.state == "running" or self.admission == "queue"
 
     def has_request(self, request_id: str) -> bool:
         return request_id in self._streams

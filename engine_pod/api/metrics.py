@@ -21,6 +21,10 @@ class _EngineCollector:
         gauges = {
             "rlfleet_requests_running": ("Requests in the running queue", s["running"]),
             "rlfleet_requests_waiting": ("Requests in the waiting queue", s["waiting"]),
+            "rlfleet_requests_held": (
+                "Requests held in the admission queue while paused",
+                s.get("held", 0),
+            ),
             "rlfleet_kv_blocks_used": ("KV cache blocks held by requests", s["kv_used_blocks"]),
             "rlfleet_kv_blocks_total": ("KV cache blocks in all", s["kv_total_blocks"]),
             "rlfleet_kv_blocks_cached": (
@@ -58,6 +62,10 @@ class _EngineCollector:
                 s["requests_aborted"],
             ),
             "rlfleet_partial_tokens": ("Tokens returned by aborted requests", s["partial_tokens"]),
+            "rlfleet_requests_retracted": (
+                "Requests whose KV a retract pause or a weight update freed (recomputed later)",
+                s.get("requests_retracted", 0),
+            ),
             "rlfleet_preemptions": (
                 "Sequences preempted for KV space (recomputed later)",
                 s["preemptions"],

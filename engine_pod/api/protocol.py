@@ -71,6 +71,8 @@ class PauseRequest(_Body):
     model_config = ConfigDict(extra="forbid")
     timeout_s: float | None = Field(default=None, gt=0, le=3600)
     stage: Literal["reject"] | None = None
+    mode: Literal["abort", "retract", "keep"] = "abort"
+    admission: Literal["reject", "queue"] = "reject"
 
 
 class AbortRequest(_Body):
@@ -83,3 +85,5 @@ class UpdateWeightsRequest(_Body):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(min_length=1)
     version: str = Field(min_length=1, max_length=253)
+    # sha256 hex of the checkpoint manifest (see engine_pod.model.digest); refused on mismatch
+    digest: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")

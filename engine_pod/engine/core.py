@@ -4,6 +4,13 @@
        ▲                                                              │
        └────────────────────────────── resume ◀───────────────────────┘
 
+A full pause settles the requests in one of three modes: `abort` ends them all
+(partial tokens, finish_reason "abort"), `retract` frees their KV and keeps them
+waiting with their tokens (recomputed after resume), `keep` freezes them with
+their KV. A weight update retracts whatever is kept: old-weights KV never meets
+new weights. With `admission="queue"`, requests arriving while paused are held
+(un-scheduled, not yet accepted) and start on resume.
+
 Three threads share one lock (`self.cond`): the engine process's I/O thread
 admits and aborts requests, the control thread runs pause / resume / weight
 updates, and the loop thread runs steps. The model forward runs *outside* the
@@ -19,6 +26,7 @@ import enum
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +36,7 @@ from engine_pod.engine.output import OutputProcessor, RequestOutput
 from engine_pod.engine.request import FinishReason, Request
 from engine_pod.engine.scheduler import ScheduledStep, Scheduler
 from engine_pod.model.base import CheckpointError, ModelRunner
+from engine_pod.model.digest import verify_checkpoint
 
 log = logging.getLogger("rlfleet.engine")
 
@@ -37,6 +46,23 @@ class EngineState(str, enum.Enum):
     REJECTING = "rejecting"  # admission closed, in-flight requests continue
     DRAINING = "draining"  # aborting everything, freeing KV
     PAUSED = "paused"
+
+
+PAUSE_MODES = ("abort", "retract", "keep")
+ADMISSIONS = ("reject", "queue")
+
+
+class Admission(str, enum.Enum):
+    """What `add_request` did with a request."""
+
+    ACCEPTED = "accepted"  # scheduled; "accepted" sent
+    QUEUED = "queued"  # held while paused; "accepted" is sent on resume
+    FULL = "full"  # the admission queue is full
+    CLOSED = "closed"  # paused with admission "reject" (or stopping)
+
+
+def accepted_message(req: Request) -> dict:
+    return {"kind": "accepted", "id": req.request_id, "prompt_tokens": len(req.prompt_token_ids)}
 
 
 class ControlError(Exception):
@@ -57,6 +83,7 @@ class Counters:
     requests_aborted: int = 0
     partial_tokens: int = 0
     step_errors: int = 0
+    retracted: int = 0
 
 
 class EngineCore:
@@ -69,6 +96,7 @@ class EngineCore:
         emit: Callable[[dict], None],
         flush: Callable[[float], bool] = lambda timeout: True,
         weights_version: str = "base",
+        weights_digest: str = "",
     ) -> None:
         self.config = config
         self.runner = runner
@@ -86,8 +114,12 @@ class EngineCore:
         )
         self.outputs = OutputProcessor(runner.tokenizer, max_len)
         self.weights_version = weights_version
-        self.blocks.hash_salt = weights_version
+        self.weights_digest = weights_digest
+        self.blocks.hash_salt = f"{weights_version}:{weights_digest}"
         self.loading_weights = False
+        self.pause_mode: str | None = "abort" if config.start_paused else None
+        self.admission = "reject"  # of the current pause
+        self.held: deque[Request] = deque()  # admission queue: arrived while paused
         self.counters = Counters()
         self._exec_lock = threading.Lock()  # one forward at a time; weight swaps wait for it
         self._step_in_flight = False
@@ -110,7 +142,10 @@ class EngineCore:
             "kind": "state",
             "state": self.state.value,
             "weights_version": self.weights_version,
+            "weights_digest": self.weights_digest,
             "loading": self.loading_weights,
+            "mode": None if self.state is EngineState.RUNNING else self.pause_mode,
+            "admission": None if self.state is EngineState.RUNNING else self.admission,
         }
 
     # -- admission and abort (I/O thread) -------------------------------------------
@@ -133,23 +168,37 @@ class EngineCore:
             return f"prompt token ids must be in [0, {vocab})"
         return None
 
-    def add_request(self, request: Request) -> bool:
-        """Admit a request; False if admission is closed (the caller answers 503)."""
+    def add_request(self, request: Request) -> Admission:
+        """Schedule a request, or hold it while paused with queue admission; else refuse it."""
         with self.cond:
-            if self.state is not EngineState.RUNNING or self._stopping:
-                return False
-            self.scheduler.add(request)
+            if self._stopping:
+                return Admission.CLOSED
+            if self.state is EngineState.RUNNING:
+                self._emit(accepted_message(request))  # before the loop can emit its tokens
+                self.scheduler.add(request)
+                self.counters.requests_accepted += 1
+                self.cond.notify_all()
+                return Admission.ACCEPTED
+            if self.admission != "queue":
+                return Admission.CLOSED
+            if len(self.held) >= self.config.admission_queue_size:
+                return Admission.FULL
+            self.held.append(request)
             self.counters.requests_accepted += 1
-            self.cond.notify_all()
-            return True
+            return Admission.QUEUED
 
     def abort(self, request_ids: list[str]) -> tuple[list[str], list[str]]:
         """Abort by id now; each ends with its partial tokens and finish_reason 'abort'."""
         aborted, not_found = [], []
         with self.cond:
             outs = []
+            held = {r.request_id: r for r in self.held}
             for rid in request_ids:
                 req = self.scheduler.requests.get(rid)
+                if req is None and rid in held:
+                    req = held.pop(rid)
+                    self.held.remove(req)
+                    self._emit(accepted_message(req))  # its client waits for this first
                 if req is None:
                     not_found.append(rid)
                     continue
@@ -160,7 +209,7 @@ class EngineCore:
 
     def all_request_ids(self) -> list[str]:
         with self.cond:
-            return list(self.scheduler.requests)
+            return list(self.scheduler.requests) + [r.request_id for r in self.held]
 
     def _abort_one(self, req: Request) -> RequestOutput:
         self.scheduler.finish(req, FinishReason.ABORT)
@@ -230,82 +279,149 @@ class EngineCore:
             self.cond.notify_all()
 
     # -- control (control thread) -----------------------------------------------------
-    def pause(self, timeout_s: float | None = None, stage: str | None = None) -> dict:
-        """Close admission; with the full pause, abort everything, free the cache and stop the loop."""
+    def pause(
+        self,
+        timeout_s: float | None = None,
+        stage: str | None = None,
+        mode: str = "abort",
+        admission: str = "reject",
+    ) -> dict:
+        """Close admission; a full pause also settles every request by `mode` and stops the loop."""
+        if mode not in PAUSE_MODES:
+            raise ControlError(400, f"mode must be one of {', '.join(PAUSE_MODES)}")
+        if admission not in ADMISSIONS:
+            raise ControlError(400, f"admission must be one of {', '.join(ADMISSIONS)}")
         t0 = time.monotonic()
         timeout = self.config.pause_timeout_s if timeout_s is None else timeout_s
+        deadline = t0 + timeout
         with self.cond:
-            total = self.blocks.num_blocks
             if self.state is EngineState.PAUSED:
+                if admission != self.admission:  # a replica started paused joins a pause
+                    self.admission = admission
+                    self._emit(self.state_message())
                 return self._pause_result(t0, already=True)
-            if self.state is EngineState.RUNNING:
-                self._set_state(EngineState.REJECTING)
-                log.info("pause: admission closed")
+            self.pause_mode, self.admission = mode, admission
+            self._set_state(EngineState.REJECTING)
+            log.info("pause (mode %s, admission %s): admission closed", mode, admission)
             if stage == "reject":
                 return {
                     "paused": False,
                     "state": self.state.value,
                     "stage": "reject",
-                    "total_blocks": total,
+                    "mode": mode,
+                    "admission": admission,
+                    "total_blocks": self.blocks.num_blocks,
                     "duration_s": time.monotonic() - t0,
                 }
             self._set_state(EngineState.DRAINING)
             t_reject = time.monotonic()
-            deadline = t0 + timeout
-            while self._step_in_flight and (left := deadline - time.monotonic()) > 0:
-                self.cond.wait(left)
-            forced = self._step_in_flight
-            if forced:
-                self._epoch += 1  # the step still running will be discarded
-                log.warning("pause: in-flight step outlived timeout_s=%.3f; forcing", timeout)
+            forced = self._wait_for_step(deadline, timeout)
             t_step = time.monotonic()
             used_before = self.blocks.num_used
-            reqs = list(self.scheduler.running) + list(self.scheduler.waiting)
-            partial = sum(len(r.output_token_ids) for r in reqs)
-            self._emit_outputs([self._abort_one(r) for r in reqs])
-            leaked = self.blocks.num_used
-            if leaked:
-                log.error(
-                    "pause: %d blocks still used after aborting all requests; force-freeing", leaked
-                )
-                forced = True
-            t_abort = time.monotonic()
-            self.blocks.reset()
-            self.scheduler.reset()
+            settle = {
+                "abort": self._settle_abort,
+                "retract": self._settle_retract,
+                "keep": self._settle_keep,
+            }[mode]
+            figures = settle()
+            forced = bool(figures.pop("leaked", 0)) or forced
+            freed = used_before - self.blocks.num_used
+            t_settle = time.monotonic()
             self._set_state(EngineState.PAUSED)
-            t_reset = time.monotonic()
         flushed = self._flush_wait(max(0.05, deadline - time.monotonic()))
         result = self._pause_result(t0, already=False)
         result.update(
-            aborted=len(reqs),
-            partial_tokens=partial,
-            freed_blocks=used_before,
+            figures,
+            freed_blocks=freed,
             forced=forced or not flushed,
             phases={
                 "reject_s": t_reject - t0,
                 "wait_step_s": t_step - t_reject,
-                "abort_s": t_abort - t_step,
-                "reset_s": t_reset - t_abort,
-                "flush_s": time.monotonic() - t_reset,
+                "settle_s": t_settle - t_step,
+                "flush_s": time.monotonic() - t_settle,
             },
         )
         log.info(
-            "pause: done in %.3fs, aborted %d requests (%d partial tokens), freed %d/%d blocks%s",
+            "pause (%s): done in %.3fs, aborted %d, retracted %d, kept %d (%d partial tokens), "
+            "freed %d/%d blocks%s",
+            mode,
             result["duration_s"],
-            len(reqs),
-            partial,
-            used_before,
-            total,
+            result["aborted"],
+            result["retracted"],
+            result["kept"],
+            result["partial_tokens"],
+            freed,
+            result["total_blocks"],
             " (forced)" if result["forced"] else "",
         )
         return result
+
+    def _wait_for_step(self, deadline: float, timeout: float) -> bool:
+        """Wait (lock released) for the in-flight step; past the deadline, drop its results.
+
+        True if forced."""
+        while self._step_in_flight and (left := deadline - time.monotonic()) > 0:
+            self.cond.wait(left)
+        if not self._step_in_flight:
+            return False
+        self._epoch += 1  # the step still running will be discarded
+        log.warning("pause: in-flight step outlived timeout_s=%.3f; forcing", timeout)
+        return True
+
+    def _parked_tokens(self) -> int:
+        return sum(len(r.output_token_ids) for r in self.scheduler.requests.values())
+
+    def _settle_abort(self) -> dict:
+        """End every request with its partial tokens; empty the scheduler and the cache."""
+        partial = self._parked_tokens()
+        reqs = list(self.scheduler.running) + list(self.scheduler.waiting)
+        self._emit_outputs([self._abort_one(r) for r in reqs])
+        leaked = self._leaked_blocks()
+        self.blocks.reset()
+        self.scheduler.reset()
+        return {"aborted": len(reqs), "partial_tokens": partial, "leaked": leaked}
+
+    def _settle_retract(self) -> dict:
+        """Free every request's KV; all wait, tokens kept, to be recomputed after resume."""
+        retracted = self.scheduler.retract_all()
+        self.counters.retracted += len(retracted)
+        leaked = self._leaked_blocks()
+        if leaked:
+            self.blocks.reset()
+        return {
+            "retracted": len(retracted),
+            "waiting": len(self.scheduler.waiting),
+            "partial_tokens": self._parked_tokens(),
+            "leaked": leaked,
+        }
+
+    def _settle_keep(self) -> dict:
+        """Leave every request where it is, KV included."""
+        return {
+            "kept": len(self.scheduler.running),
+            "waiting": len(self.scheduler.waiting),
+            "partial_tokens": self._parked_tokens(),
+        }
+
+    def _leaked_blocks(self) -> int:
+        """Blocks still in use although no request may hold any now (logged)."""
+        n = self.blocks.num_used
+        if n:
+            log.error("pause: %d blocks still used with no request holding them; force-freeing", n)
+        return n
 
     def _pause_result(self, t0: float, already: bool) -> dict:
         return {
             "paused": True,
             "already_paused": already,
             "state": self.state.value,
+            "mode": self.pause_mode,
+            "admission": self.admission,
             "aborted": 0,
+            "retracted": 0,
+            "kept": 0,
+            "waiting": len(self.scheduler.waiting),
+            "held": len(self.held),
             "partial_tokens": 0,
             "freed_blocks": 0,
             "total_blocks": self.blocks.num_blocks,
@@ -313,24 +429,51 @@ class EngineCore:
             "duration_s": time.monotonic() - t0,
             "forced": False,
             "weights_version": self.weights_version,
+            "weights_digest": self.weights_digest,
         }
 
     def resume(self) -> dict:
+        """Start held requests, reopen admission and restart the loop."""
         with self.cond:
             if self.state is EngineState.RUNNING:
                 return {"resumed": False, "already_running": True, "state": self.state.value}
+            mode = self.pause_mode
+            continued = len(self.scheduler.requests)
+            admitted = self._admit_held()
+            self.pause_mode, self.admission = None, "reject"
             self._set_state(EngineState.RUNNING)
             self.cond.notify_all()
-        log.info("resumed (weights %s)", self.weights_version)
+        log.info(
+            "resumed from %s pause (weights %s): %d requests continue, %d held ones start",
+            mode,
+            self.weights_version,
+            continued,
+            admitted,
+        )
         return {
             "resumed": True,
             "already_running": False,
             "state": "running",
+            "mode": mode,
+            "continued": continued,
+            "admitted": admitted,
             "weights_version": self.weights_version,
         }
 
-    def update_weights(self, path: str, version: str) -> dict:
-        """Load, validate and swap a checkpoint; only while paused. A bad one changes nothing."""
+    def _admit_held(self) -> int:
+        """Move the admission queue into the scheduler, answering each one 'accepted'."""
+        n = len(self.held)
+        for req in self.held:
+            self._emit(accepted_message(req))
+            self.scheduler.add(req)
+        self.held.clear()
+        return n
+
+    def update_weights(self, path: str, version: str, digest: str | None = None) -> dict:
+        """Verify, load and swap a checkpoint; only while paused. A bad one changes nothing.
+
+        Requests kept with their KV are retracted: they recompute under the new weights.
+        """
         t0 = time.monotonic()
         with self.cond:
             if self.state is not EngineState.PAUSED:
@@ -341,6 +484,7 @@ class EngineCore:
             self._emit(self.state_message())
         try:
             try:
+                new_digest = verify_checkpoint(path, digest)
                 prepared = self.runner.prepare_weights(path)
             except CheckpointError as e:
                 raise ControlError(400, f"checkpoint rejected, old weights kept: {e}") from e
@@ -349,9 +493,9 @@ class EngineCore:
             load_s = time.monotonic() - t0
             with self._exec_lock, self.cond:
                 self.runner.swap_weights(prepared)
-                self.weights_version = version
-                self.blocks.hash_salt = version
-                self.blocks.reset()  # nothing from the old weights is reused
+                retracted = self._drop_stale_kv()
+                self.weights_version, self.weights_digest = version, new_digest
+                self.blocks.hash_salt = f"{version}:{new_digest}"
         finally:
             with self.cond:
                 self.loading_weights = False
@@ -360,10 +504,25 @@ class EngineCore:
         return {
             "updated": True,
             "weights_version": version,
+            "weights_digest": new_digest,
             "path": path,
+            "mode": self.pause_mode,
+            "retracted": retracted,
             "load_s": load_s,
             "duration_s": time.monotonic() - t0,
         }
+
+    def _drop_stale_kv(self) -> int:
+        """Old-weights KV is stale: retract every request holding some, then empty the cache."""
+        retracted = self.scheduler.retract_all()
+        self.counters.retracted += len(retracted)
+        if retracted and self.pause_mode == "keep":
+            self.pause_mode = "retract"
+            log.info(
+                "update_weights: %d kept requests retracted (recomputed on resume)", len(retracted)
+            )
+        self.blocks.reset()  # nothing from the old weights is reused
+        return len(retracted)
 
     def stats(self) -> dict:
         with self.cond:
@@ -371,10 +530,14 @@ class EngineCore:
             c = self.counters
             return {
                 "state": self.state.value,
+                "pause_mode": self.pause_mode,
+                "admission": self.admission,
                 "weights_version": self.weights_version,
+                "weights_digest": self.weights_digest,
                 "loading": self.loading_weights,
                 "running": len(self.scheduler.running),
                 "waiting": len(self.scheduler.waiting),
+                "held": len(self.held),
                 "kv_total_blocks": kv.total_blocks,
                 "kv_used_blocks": kv.used_blocks,
                 "kv_cached_blocks": kv.cached_blocks,
@@ -387,4 +550,5 @@ class EngineCore:
                 "requests_aborted": c.requests_aborted,
                 "partial_tokens": c.partial_tokens,
                 "step_errors": c.step_errors,
+                "requests_retracted": c.retracted,
             }

@@ -13,10 +13,11 @@ from typing import Any
 import zmq
 
 from engine_pod.config import EngineConfig
-from engine_pod.engine.core import ControlError, EngineCore
+from engine_pod.engine.core import Admission, ControlError, EngineCore
 from engine_pod.engine.request import Request
 from engine_pod.ipc import IMMEDIATE_COMMANDS, IpcAddresses
 from engine_pod.model.base import ModelRunner, SamplingParams
+from engine_pod.model.digest import verify_checkpoint
 
 log = logging.getLogger("rlfleet.engine")
 
@@ -176,12 +177,20 @@ class EngineProcess:
         if problem:
             self._reject(rid, 400, "invalid_request_error", problem)
             return
-        if not self.core.add_request(Request(rid, prompt_ids, sampling)):
+        admission = self.core.add_request(Request(rid, prompt_ids, sampling))
+        # ACCEPTED: the core sent "accepted"; QUEUED: it sends "accepted" on resume.
+        if admission is Admission.FULL:
+            self._reject(
+                rid,
+                503,
+                "admission_queue_full",
+                f"engine is {self.core.state.value} and its admission queue is full "
+                f"({self.config.admission_queue_size} requests held); retry after resume",
+            )
+        elif admission is Admission.CLOSED:
             self._reject(
                 rid, 503, "engine_paused", f"engine is {self.core.state.value}; retry after resume"
             )
-            return
-        self.sender.put({"kind": "accepted", "id": rid, "prompt_tokens": len(prompt_ids)})
 
     # -- control ------------------------------------------------------------------
     def _answer(self, msg: dict) -> None:
@@ -204,12 +213,19 @@ class EngineProcess:
     def _run_command(self, cmd: str | None, args: dict) -> dict:
         core = self.core
         if cmd == "pause":
-            return core.pause(args.get("timeout_s"), args.get("stage"))
+            return core.pause(
+                args.get("timeout_s"),
+                args.get("stage"),
+                args.get("mode", "abort"),
+                args.get("admission", "reject"),
+            )
         if cmd == "resume":
             return core.resume()
         if cmd == "update_weights":
             return core.update_weights(
-                str(args["path"]), str(args.get("version") or os.path.basename(args["path"]))
+                str(args["path"]),
+                str(args.get("version") or os.path.basename(args["path"])),
+                args.get("digest"),
             )
         if cmd == "abort":
             aborted, not_found = core.abort(
@@ -262,12 +278,15 @@ def run_engine_process(config: EngineConfig, addrs: IpcAddresses) -> None:
         t0 = time.monotonic()
         runner = build_runner(config)
         version = config.weights_version or "base"
+        weights_dir = getattr(runner, "weights_path", None) or config.model
         if config.weights_path:
             runner.swap_weights(runner.prepare_weights(config.weights_path))
+            weights_dir = config.weights_path
             version = config.weights_version or os.path.basename(
                 os.path.normpath(config.weights_path)
             )
-        core = EngineCore(config, runner, sender.put, sender.flush, version)
+        digest = verify_checkpoint(weights_dir) if weights_dir else ""
+        core = EngineCore(config, runner, sender.put, sender.flush, version, digest)
         log.info(
             "model loaded in %.2fs (runner=%s, weights=%s)",
             time.monotonic() - t0,

@@ -82,12 +82,30 @@ class Scheduler:
         self.running.clear()
         self.requests.clear()
 
+    def retract_all(self) -> list[Request]:
+        """Free every request's KV, tokens kept; running ones go back to the front of the
+        waiting queue in their order. Returns the requests that held KV (recomputed later)."""
+        held = [r for r in self.waiting if r.request_id in self.blocks.tables]
+        for req in held:
+            self._release(req)
+        moved = list(self.running)
+        for req in reversed(moved):
+            self._release(req)
+            self.waiting.appendleft(req)
+        self.running.clear()
+        return moved + held
+
     # -- scheduling ---------------------------------------------------------------
+    def _release(self, req: Request) -> None:
+        """Free a request's KV; it keeps every token and will recompute them."""
+        self.blocks.free(req.request_id)
+        req.status = RequestStatus.PREEMPTED
+        req.num_computed_tokens = 0
+        req.num_cached_tokens = 0
+
     def _preempt(self, victim: Request) -> None:
         self.running.remove(victim)
-        self.blocks.free(victim.request_id)
-        victim.status = RequestStatus.PREEMPTED
-        victim.num_computed_tokens = 0
+        self._release(victim)
         victim.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(victim)

@@ -98,14 +98,17 @@ class StreamResult:
 async def stream_completion(
     client: httpx.AsyncClient,
     pod: EnginePod,
-    prompt: str,
+    prompt: str | list[int],
     max_tokens: int = 64,
     on_token: asyncio.Event | None = None,
+    result: StreamResult | None = None,
     **extra,
 ) -> StreamResult:
+    """Stream one completion; pass `result` to watch its tokens arrive."""
     body = {"prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": 0, **extra}
     async with client.stream("POST", pod.url + "/v1/completions", json=body, timeout=120) as r:
-        res = StreamResult(status=r.status_code, retry_after=r.headers.get("retry-after"))
+        res = result if result is not None else StreamResult(status=0)
+        res.status, res.retry_after = r.status_code, r.headers.get("retry-after")
         res.request_id = r.headers.get("x-request-id")
         if r.status_code != 200:
             await r.aread()
