@@ -47,15 +47,29 @@ async def _stats(client: httpx.AsyncClient, url: str) -> dict:
     return (await client.get(url + "/v1/stats")).json()
 
 
+def _load_worker(url: str, n: int, max_tokens: int, conn) -> None:
+    """Child process: n streaming clients; sends their results back when all end."""
+
+    async def run() -> list[dict]:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=n + 8)) as c:
+            return await asyncio.gather(
+                *(_stream(c, url, f"load {i}", max_tokens) for i in range(n))
+            )
+
+    conn.send(asyncio.run(run()))
+
+
 async def pause_under_load(url: str, running: int, waiting: int, max_tokens: int) -> dict:
-    """R running + W waiting streams; pause once the running batch streams; what each side counted."""
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=running + waiting + 8)) as c:
+    """R running + W waiting streams (from another process, as in production); pause once they stream."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    async with httpx.AsyncClient() as c:
         await c.post(url + "/v1/resume")
-        tasks = [
-            asyncio.create_task(_stream(c, url, f"load {i}", max_tokens))
-            for i in range(running + waiting)
-        ]
-        for _ in range(2000):
+        worker = ctx.Process(target=_load_worker, args=(url, running + waiting, max_tokens, child))
+        worker.start()
+        for _ in range(3000):
             await asyncio.sleep(0.02)
             s = await _stats(c, url)
             if s["running"] == running and s["waiting"] == waiting and s["tokens_generated"] > 0:
@@ -64,7 +78,8 @@ async def pause_under_load(url: str, running: int, waiting: int, max_tokens: int
         t0 = time.perf_counter()
         r = (await c.post(url + "/v1/pause", json={}, timeout=120)).json()
         wall = time.perf_counter() - t0
-        results = await asyncio.gather(*tasks)
+        results = await asyncio.to_thread(parent.recv)
+        worker.join()
         after = await _stats(c, url)
         await c.post(url + "/v1/resume")
     client_tokens = sum(x["tokens"] for x in results)
