@@ -170,54 +170,48 @@ def main(argv: list[str] | None = None) -> dict:
     concurrencies = [1, 8] if args.quick else [1, 8, 32, 64]
 
     console.rule("engine: pause under load")
-    with EnginePod("--max-num-seqs", "8", "--num-kv-blocks", "1024", *extra) as pod:
-        step = asyncio.run(decode_step_time(pod.url, 8))
-        p = asyncio.run(pause_under_load(pod.url, 8, 12, 400))
-        p["decode_step_s"] = step
-        p["target_s"] = step + 0.05
-        out["pause_8_12"] = p
-        out["resume"] = asyncio.run(resume_to_first_token(pod.url))
-    rows = [
-        [
-            f"{p['running']}+{p['waiting']}",
-            p["pause_s"],
-            p["engine_duration_s"],
-            p["decode_step_s"],
-            REFERENCE_PAUSE_S,
-            p["aborted"],
-            p["partial_tokens"],
-            p["client_tokens"],
-            f"{p['freed_blocks']}/{p['total_blocks']}",
-        ]
-    ]
+    # (running, waiting, max_tokens, engine flags): the reference setup, then a large batch
+    setups = [(8, 12, 400, ["--max-num-seqs", "8", "--num-kv-blocks", "1024"])]
     if not args.quick:
-        with EnginePod(
-            "--max-num-seqs",
-            "64",
-            "--num-kv-blocks",
-            "4096",
-            "--max-num-batched-tokens",
-            "2048",
-            *extra,
-        ) as pod:
-            step = asyncio.run(decode_step_time(pod.url, 64))
-            p = asyncio.run(pause_under_load(pod.url, 64, 128, 300))
+        setups.append(
+            (
+                64,
+                128,
+                300,
+                [
+                    "--max-num-seqs",
+                    "64",
+                    "--num-kv-blocks",
+                    "4096",
+                    "--max-num-batched-tokens",
+                    "2048",
+                ],
+            )
+        )
+    rows = []
+    for running, waiting, max_tokens, flags in setups:
+        with EnginePod(*flags, *extra) as pod:
+            step = asyncio.run(decode_step_time(pod.url, running))
+            p = asyncio.run(pause_under_load(pod.url, running, waiting, max_tokens))
             p["decode_step_s"] = step
             p["target_s"] = step + 0.05
-            out["pause_64_128"] = p
-            rows.append(
-                [
-                    f"{p['running']}+{p['waiting']}",
-                    p["pause_s"],
-                    p["engine_duration_s"],
-                    p["decode_step_s"],
-                    REFERENCE_PAUSE_S,
-                    p["aborted"],
-                    p["partial_tokens"],
-                    p["client_tokens"],
-                    f"{p['freed_blocks']}/{p['total_blocks']}",
-                ]
-            )
+            out[f"pause_{running}_{waiting}"] = p
+            if "resume" not in out:
+                out["resume"] = asyncio.run(resume_to_first_token(pod.url))
+        rows.append(
+            [
+                f"{running}+{waiting}",
+                p["pause_s"],
+                p["engine_duration_s"],
+                p["decode_step_s"],
+                p["target_s"],
+                REFERENCE_PAUSE_S,
+                p["aborted"],
+                p["partial_tokens"],
+                p["client_tokens"],
+                f"{p['freed_blocks']}/{p['total_blocks']}",
+            ]
+        )
     print_table(
         "pause under load (s)",
         [
@@ -225,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
             "pause (HTTP)",
             "engine",
             "decode step",
+            "target (step+50ms)",
             "reference",
             "aborted",
             "partial tok",
