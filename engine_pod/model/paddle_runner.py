@@ -10,6 +10,7 @@ from engine_pod.model.base import SeqWork
 from engine_pod.model.hf_config import model_info
 from engine_pod.model.llama import DecoderWeights, PagedDecoder, PagedKVCache, build_weights
 from engine_pod.model.loader import load_checkpoint, load_update
+from engine_pod.model.ops import get_ops
 from engine_pod.model.sampler import sample
 from engine_pod.model.step_plan import plan_step
 from engine_pod.model.tiny import ensure_tiny_model
@@ -28,7 +29,9 @@ class PaddleModelRunner:
     """ModelRunner over a HF-layout dir (`None` → the tiny model for `seed`).
 
     `device` is passed to `paddle.set_device` ("cpu", "gpu", "gpu:1"...). Compute dtype:
-    float32 on CPU, the checkpoint's dtype elsewhere (override with `dtype`).
+    float32 on CPU, the checkpoint's dtype elsewhere (override with `dtype`). The
+    decoder's non-GEMM ops come from `engine_pod.model.ops.get_ops(device)`: Paddle's own
+    on the CPU, our CUDA kernels on a GPU (`RLFLEET_OPS=native|cuda` overrides).
     """
 
     def __init__(
@@ -41,19 +44,20 @@ class PaddleModelRunner:
         self.model_dir = model_dir or ensure_tiny_model(seed=seed)
         paddle.set_device(device.replace("cuda", "gpu"))
         self.device = device
+        self.ops = get_ops(device.replace("cuda", "gpu"))
         cfg, np_weights = load_checkpoint(self.model_dir)
         self.config = cfg
         self.dtype = dtype or ("float32" if device == "cpu" else cfg.dtype)
         self.info = model_info(self.model_dir, cfg)
         self.tokenizer = load_tokenizer(self.model_dir, cfg.eos_token_id)
-        self.weights = build_weights(cfg, np_weights, self.dtype)
+        self.weights = build_weights(cfg, np_weights, self.dtype, self.ops)
         self.weights_path = self.model_dir
-        self.decoder = PagedDecoder(cfg, self.dtype)
+        self.decoder = PagedDecoder(cfg, self.dtype, self.ops)
         self.cache: PagedKVCache | None = None
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         self.cache = None  # free the old one first
-        self.cache = PagedKVCache(self.config, num_blocks, block_size, self.dtype)
+        self.cache = PagedKVCache(self.config, num_blocks, block_size, self.dtype, self.ops)
 
     def execute(self, batch: list[SeqWork]) -> dict[str, int]:
         if self.cache is None:
@@ -67,17 +71,23 @@ class PaddleModelRunner:
             self.config.vocab_size,
             self.config.max_position_embeddings,
         )
-        logits = self.decoder.forward(self.weights, self.cache, plan)
-        tokens = sample(
-            logits,
-            [w.sampling for w in plan.sample_items],
-            [w.num_generated for w in plan.sample_items],
-        )
+        logits = self.decoder.forward_logits(self.weights, self.cache, plan)
+        if logits is None:
+            return {}
+        params = [w.sampling for w in plan.sample_items]
+        if self.ops.device_greedy and all(p.greedy or p.top_k == 1 for p in params):
+            tokens = self.ops.greedy(logits)  # argmax on the device; only ids come back
+        else:
+            tokens = sample(
+                self.ops.logits_to_numpy(logits),
+                params,
+                [w.num_generated for w in plan.sample_items],
+            )
         return {w.request_id: t for w, t in zip(plan.sample_items, tokens, strict=True)}
 
     def prepare_weights(self, path: str) -> PreparedWeights:
         np_weights = load_update(self.config, path)
-        return PreparedWeights(path, build_weights(self.config, np_weights, self.dtype))
+        return PreparedWeights(path, build_weights(self.config, np_weights, self.dtype, self.ops))
 
     def swap_weights(self, prepared: object) -> None:
         if not isinstance(prepared, PreparedWeights):

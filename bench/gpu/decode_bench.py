@@ -1,0 +1,259 @@
+"""Decode step time of the Qwen2-0.5B shape (random bf16 weights) on the GPU runner.
+
+For each batch size B: B sequences, each prefilled with a `--ctx`-token random prompt, then
+decode steps of all B together through `PaddleModelRunner.execute` (the engine's call:
+host planning, index upload, forward, greedy argmax on the device, token ids back).
+Reported: median step time, tokens/s, and the step as a ratio to the memory-bandwidth
+limit (weights + KV bytes read per step ÷ 3.35 TB/s). Time to first token: one
+`--ctx`-token prompt prefilled and its first token sampled, at batch 1.
+
+`--graphs`: the same decode steps replayed from a CUDA graph captured per batch size
+(`paddle.device.cuda.graphs.CUDAGraph`), the step's indices in a static device buffer
+overwritten before each replay; its tokens are checked against the eager steps'.
+
+    python bench/gpu/decode_bench.py --model /tmp/qwen05b --out $OUT/bench.json [--graphs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import paddle
+
+from engine_pod.model.base import SamplingParams, SeqWork
+from engine_pod.model.paddle_runner import PaddleModelRunner
+from engine_pod.model.step_plan import plan_step
+
+GREEDY = SamplingParams(temperature=0.0)
+HBM_BPS = 3.35e12  # H100 SXM datasheet
+
+
+def weight_bytes(runner: PaddleModelRunner) -> int:
+    """Bytes of weights a decode step reads (every layer, final norm, lm_head; not the
+    embedding table, of which it reads B rows)."""
+    w = runner.weights
+    n = 0
+    for lw in w.layers:
+        for t in (
+            lw.input_norm,
+            lw.qkv,
+            lw.qkv_bias,
+            lw.o,
+            lw.o_bias,
+            lw.post_norm,
+            lw.gate_up,
+            lw.down,
+        ):
+            if t is not None:
+                n += int(np.prod(t.shape))
+    n += int(np.prod(w.norm.shape)) + int(np.prod(w.lm_head.shape))
+    return n * (4 if runner.dtype == "float32" else 2)
+
+
+def kv_bytes(runner: PaddleModelRunner, total_ctx: int) -> int:
+    c = runner.config
+    return (
+        total_ctx
+        * c.num_layers
+        * 2
+        * c.num_kv_heads
+        * c.head_dim
+        * (4 if runner.dtype == "float32" else 2)
+    )
+
+
+def sync() -> None:
+    paddle.device.cuda.synchronize()
+
+
+class Batch:
+    def __init__(
+        self, runner: PaddleModelRunner, b: int, ctx: int, max_steps: int, bs: int = 16
+    ) -> None:
+        self.runner, self.b, self.ctx, self.bs = runner, b, ctx, bs
+        self.need = math.ceil((ctx + max_steps + 1) / bs)
+        runner.allocate_kv_cache(b * self.need + 1, bs)
+        self.tables = [list(range(i * self.need, (i + 1) * self.need)) for i in range(b)]
+        rng = np.random.default_rng(b)
+        self.prompts = rng.integers(0, 256, (b, ctx)).tolist()
+
+    def prefill(self, max_tokens: int = 8192) -> tuple[list[int], float]:
+        """Prefill every sequence (whole prompts, several per step); (first tokens, seconds)."""
+        first: dict[str, int] = {}
+        sync()
+        t0 = time.perf_counter()
+        per = max(1, max_tokens // self.ctx)
+        for g in range(0, self.b, per):
+            batch = [SeqWork(f"s{i}", self.prompts[i], 0, self.tables[i], True, GREEDY, 0)
+                     for i in range(g, min(self.b, g + per))]  # fmt: skip
+            first.update(self.runner.execute(batch))
+        dt = time.perf_counter() - t0
+        return [first[f"s{i}"] for i in range(self.b)], dt
+
+    def work(self, last: list[int], pos: int, k: int) -> list[SeqWork]:
+        return [
+            SeqWork(f"s{i}", [last[i]], pos, self.tables[i], True, GREEDY, k) for i in range(self.b)
+        ]
+
+
+def eager_decode(bt: Batch, first: list[int], steps: int) -> tuple[list[float], list[list[int]]]:
+    last, times, toks = list(first), [], []
+    for k in range(steps):
+        t0 = time.perf_counter()
+        res = bt.runner.execute(bt.work(last, bt.ctx + k, k + 1))
+        times.append(time.perf_counter() - t0)
+        last = [res[f"s{i}"] for i in range(bt.b)]
+        toks.append(last)
+    return times, toks
+
+
+def graph_decode(
+    bt: Batch, first: list[int], steps: int
+) -> tuple[list[float], list[list[int]], float]:
+    """Capture one decode step of this batch size, then replay it `steps` times."""
+    from paddle.device.cuda.graphs import CUDAGraph
+
+    r = bt.runner
+    ops, dec, cfg = r.ops, r.decoder, r.config
+    mk = lambda last, k: plan_step(bt.work(last, bt.ctx + k, k + 1), bt.bs, r.cache.num_blocks,  # noqa: E731
+                                   cfg.vocab_size, cfg.max_position_embeddings)  # fmt: skip
+    plan = mk(first, 0)
+    buf, offs, stride = ops.pack_step(plan, bt.bs, stride=bt.need)
+    meta = ops.upload_int64(buf)
+    ops.refresh_stream()
+    st = ops.step_on(cfg, plan, dec.rope, bt.bs, meta, offs, stride)
+    # warm-up in eager mode on the static buffer (cuBLAS handles, workspaces), same inputs
+    ops.argmax(dec.forward_logits(r.weights, r.cache, plan, st))
+    sync()
+    t0 = time.perf_counter()
+    g = CUDAGraph()
+    g.capture_begin()
+    ops.refresh_stream()
+    st = ops.step_on(cfg, plan, dec.rope, bt.bs, meta, offs, stride)
+    ids = ops.argmax(dec.forward_logits(r.weights, r.cache, plan, st))
+    g.capture_end()
+    sync()
+    capture_s = time.perf_counter() - t0
+    last, times, toks = list(first), [], []
+    for k in range(steps):
+        t0 = time.perf_counter()
+        plan = mk(last, k)
+        buf, _, _ = ops.pack_step(plan, bt.bs, stride=bt.need)
+        ops.copy_to_device(meta, buf)
+        g.replay()
+        out = ids.numpy()
+        by_item = {w.request_id: int(t) for w, t in zip(plan.sample_items, out, strict=True)}
+        last = [by_item[f"s{i}"] for i in range(bt.b)]
+        times.append(time.perf_counter() - t0)
+        toks.append(last)
+    g.reset()
+    return times, toks, capture_s
+
+
+def attention_us(bt: Batch, last: list[int], k: int, reps: int = 50) -> dict:
+    """Wall µs per paged-attention call (one layer, this batch's decode step), v1 vs v2."""
+    r = bt.runner
+    ops, cfg = r.ops, r.config
+    plan = plan_step(bt.work(last, bt.ctx + k, k + 1), bt.bs, r.cache.num_blocks, cfg.vocab_size,
+                     cfg.max_position_embeddings)  # fmt: skip
+    st = ops.begin_step(cfg, plan, r.decoder.rope, bt.bs)
+    qn = np.random.default_rng(0).standard_normal((bt.b, cfg.num_heads, cfg.head_dim))
+    q = ops.to_device(qn.astype(np.float32), r.dtype)
+    kc, vc = r.cache.k[0], r.cache.v[0]
+    out = {}
+    keep = ops.attn_version
+    for ver in ("v1", "v2"):
+        ops.attn_version = ver
+        ops.attention(q, kc, vc, st)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            ops.attention(q, kc, vc, st)
+        sync()
+        out[f"attn_{ver}_us"] = round((time.perf_counter() - t0) / reps * 1e6, 1)
+    ops.attn_version = keep
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="/tmp/qwen05b")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--batches", default="1,8,32,64,128")
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warm", type=int, default=3)
+    ap.add_argument("--graphs", action="store_true")
+    args = ap.parse_args()
+    t0 = time.time()
+    if not os.path.exists(os.path.join(args.model, "model.safetensors")):
+        from oracle import make_05b
+
+        make_05b(args.model)
+    runner = PaddleModelRunner(args.model, device="gpu")
+    res: dict = {"device": paddle.device.cuda.get_device_name(), "paddle": paddle.__version__,
+                 "ops": runner.ops.name, "attn": getattr(runner.ops, "attn_version", None), "dtype": runner.dtype, "ctx": args.ctx,
+                 "load_s": round(time.time() - t0, 1), "weight_bytes": weight_bytes(runner),
+                 "hbm_bytes_per_s": HBM_BPS, "rows": []}  # fmt: skip
+    n = args.warm + args.steps
+
+    def save() -> None:
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(res, f, indent=1)
+
+    for b in [int(x) for x in args.batches.split(",")]:
+        row: dict = {"batch": b}
+        try:
+            bt = Batch(runner, b, args.ctx, n + 1)
+            first, pre_s = bt.prefill()
+            if b == 1:  # the first prefill compiles/warms: time TTFT on a second run
+                first, pre_s = bt.prefill()
+                row["ttft_ms"] = round(pre_s * 1e3, 2)
+            row["prefill_s"] = round(pre_s, 3)
+            times, toks = eager_decode(bt, first, n)
+            step = statistics.median(times[args.warm :])
+            avg_ctx = args.ctx + args.warm + args.steps / 2
+            floor = (res["weight_bytes"] + kv_bytes(runner, int(b * avg_ctx))) / HBM_BPS
+            row.update(eager_step_ms=round(step * 1e3, 3), eager_tok_s=round(b / step, 1),
+                       floor_ms=round(floor * 1e3, 4), eager_x_floor=round(step / floor, 1))  # fmt: skip
+            try:
+                row.update(attention_us(bt, toks[-1], n))
+            except Exception as e:
+                row["attn_error"] = f"{type(e).__name__}: {e}"[:300]
+            if args.graphs:
+                try:
+                    gt, gtoks, cap = graph_decode(bt, first, n)
+                    gstep = statistics.median(gt[args.warm :])
+                    row.update(graph_step_ms=round(gstep * 1e3, 3), graph_tok_s=round(b / gstep, 1),
+                               graph_x_floor=round(gstep / floor, 1), graph_capture_s=round(cap, 2),
+                               graph_tokens_equal_eager=gtoks == toks)  # fmt: skip
+                except Exception as e:
+                    import traceback
+
+                    traceback.print_exc()
+                    row["graph_error"] = f"{type(e).__name__}: {e}"[:500]
+        except Exception as e:
+            import traceback
+
+            traceback.print_exc()
+            row["error"] = f"{type(e).__name__}: {e}"[:500]
+        print(json.dumps(row), flush=True)
+        res["rows"].append(row)
+        save()
+    save()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The device half of the GPU recipe (see bench/gpu/README.md). Run on the GPU machine from the
+# checkout's root, after the payload pieces p00..p08 were copied to /tmp/p/ by earlier calls:
+#   bash bench/gpu/device_run.sh            # STAGES: kernels greedy pytest bench bench_v1 ops (default); also: profile
+# Installs Paddle (PyPI paddlepaddle-gpu 2.6.2 + cuBLAS 12) into /tmp/site unless it is there,
+# builds the kernel library with nvcc unless it was carried, then runs each stage with its own
+# time limit and writes results to $OUT (or /tmp/out).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+STAGES=${STAGES:-"kernels greedy pytest bench bench_v1 ops"}
+t0=$(date +%s)
+if [ ! -d /tmp/site/paddle ]; then
+  n=$(ls /tmp/p/p[0-9][0-9] 2>/dev/null | wc -l)
+  echo "payload pieces in /tmp/p: $n"
+  if [ -f .payload/payload.sha256 ]; then
+    want=$(cat .payload/payload.sha256); got=$(cat /tmp/p/p[0-9][0-9] | sha256sum | cut -d' ' -f1)
+    [ "$want" = "$got" ] || { echo "payload sha256 mismatch: $got != $want"; exit 3; }
+  fi
+  bash bench/gpu/unpack.sh || { echo "unpack failed"; exit 4; }
+fi
+export PYTHONPATH=/tmp/site:$PWD LD_LIBRARY_PATH=/tmp/site/nvidia/cublas/lib:${LD_LIBRARY_PATH:-}
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 GLOG_minloglevel=2
+echo "install: $(( $(date +%s) - t0 ))s"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import paddle, numpy; print('paddle', paddle.__version__, 'numpy', numpy.__version__, paddle.device.cuda.get_device_name())" 2>&1 | grep -v Warn | tee -a "$OUT/gpu.txt"
+if [ ! -f engine_pod/model/ops/build/librlfleet_ops.so ]; then
+  t=$(date +%s); python3 -m engine_pod.model.ops.build && echo "nvcc build: $(( $(date +%s) - t ))s"
+fi
+run() {  # name limit_s command...
+  local name=$1 lim=$2; shift 2
+  local t=$(date +%s)
+  echo "=== $name"
+  timeout "$lim" "$@" 2>&1 | grep -v -e "UserWarning" -e "warnings.warn" | tee -a "$OUT/log.txt"
+  echo "=== $name: rc ${PIPESTATUS[0]} in $(( $(date +%s) - t ))s"
+}
+for s in $STAGES; do
+  case $s in
+    ops) run ops_check 60 python3 bench/gpu/ops_check.py ;;
+    kernels) run kernels 120 python3 bench/gpu/kernel_check.py --out "$OUT/kernels.json" ;;
+    greedy) run greedy 240 python3 bench/gpu/greedy_check.py --out "$OUT/greedy.json" ;;
+    pytest) run pytest 180 python3 -m pytest -q -p no:cacheprovider tests/engine/test_gpu_ops.py ;;
+    bench_v1) RLFLEET_ATTN=v1 run bench_v1 150 python3 bench/gpu/decode_bench.py --out "$OUT/bench_v1.json" --graphs ;;
+    profile) run profile 150 python3 bench/gpu/op_profile.py --out "$OUT/ops.json" ;;
+    bench) run bench 240 python3 bench/gpu/decode_bench.py --out "$OUT/bench.json" ${BENCH_ARGS:---graphs} ;;
+  esac
+done
+echo "total: $(( $(date +%s) - t0 ))s"

@@ -1,0 +1,273 @@
+"""Every CUDA kernel of `engine_pod.model.ops.cuda.CudaOps` against the CPU path.
+
+Inputs are random (fresh per case), rounded to the kernel's dtype, and fed to both
+`CudaOps` on the GPU (in that dtype) and `NativeOps` on the CPU (float32: the engine's
+CPU path). GPU outputs come from `paddle.empty` (never zeroed), so an element a kernel
+fails to write shows up as garbage/NaN. The KV caches are pre-filled with random data and
+compared whole (slots nobody should touch included). Paged attention runs decode rows
+(contexts of 1 to 201 keys) and prefill chunks (fresh and continued) in one launch, for v1,
+v2 and v2 with 1 and 5 splits. Writes JSON with max abs error, the reference's max
+magnitude and the tolerance (relative to max(1, |ref|max)) for each (op, shape, dtype).
+
+    python bench/gpu/kernel_check.py --out $OUT/kernels.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import paddle
+
+from engine_pod.model.base import SeqWork
+from engine_pod.model.llama import Rope
+from engine_pod.model.ops.cuda import CudaOps
+from engine_pod.model.ops.native import NativeOps
+from engine_pod.model.random_model import random_config
+from engine_pod.model.step_plan import plan_step
+
+TOL = {"float32": 2e-4, "bfloat16": 3e-2, "float16": 4e-3}  # relative to max |ref| (>= 1)
+
+CPU = paddle.CPUPlace()
+DRY = False  # --dry-cpu: NativeOps stands in for CudaOps on the CPU (tests this harness only)
+
+
+def rounded(a: np.ndarray, dtype: str) -> np.ndarray:
+    """a rounded to `dtype` (by Paddle's CPU cast), back as float32."""
+    if dtype == "float32":
+        return a.astype(np.float32)
+    t = paddle.to_tensor(a.astype(np.float32), dtype=dtype, place=CPU)
+    return t.astype("float32").numpy()
+
+
+class on_cpu:
+    """Run Paddle-native (CPU path) code with the CPU as the current device."""
+
+    def __enter__(self) -> None:
+        paddle.set_device("cpu")
+
+    def __exit__(self, *exc: object) -> None:
+        paddle.set_device("cpu" if DRY else "gpu")
+
+
+def C(fn, *args):
+    with on_cpu():
+        return fn(*args)
+
+
+class Checker:
+    def __init__(self, gpu: CudaOps) -> None:
+        self.gpu, self.cpu = gpu, NativeOps()
+        self.results: list[dict] = []
+
+    def cpu_t(self, a: np.ndarray) -> paddle.Tensor:
+        return paddle.to_tensor(np.ascontiguousarray(a), place=CPU)
+
+    def gpu_t(self, a: np.ndarray, dtype: str) -> paddle.Tensor:
+        return self.gpu.to_device(a, dtype)
+
+    def record(self, op: str, case: str, dtype: str, got: np.ndarray, ref: np.ndarray) -> None:
+        got = np.asarray(got, dtype=np.float64)
+        ref = np.asarray(ref, dtype=np.float64)
+        scale = max(1.0, float(np.abs(ref).max()) if ref.size else 1.0)
+        err = float(np.abs(got - ref).max()) if ref.size else 0.0
+        ok = bool(got.shape == ref.shape and np.isfinite(got).all() and err <= TOL[dtype] * scale)
+        self.results.append(dict(op=op, case=case, dtype=dtype, max_abs_err=err, ref_max=scale,
+                                 tol=TOL[dtype] * scale, ok=ok))  # fmt: skip
+        print(f"{'ok ' if ok else 'BAD'} {op:16} {dtype:9} {case:34} err {err:.3g} (ref max {scale:.3g})",
+              flush=True)  # fmt: skip
+
+
+def make_batch(rng: random.Random, block_size: int, num_blocks: int) -> list[SeqWork]:
+    """Decode rows with short and multi-tile contexts + prefill chunks (fresh and continued)."""
+    specs = [(0, 1), (16, 1), (70, 1), (200, 1), (0, 9), (20, 5), (100, 37)]  # (start, n)
+    free = list(range(num_blocks))
+    rng.shuffle(free)
+    batch = []
+    for i, (start, n) in enumerate(specs):
+        need = (start + n + block_size - 1) // block_size
+        table = [free.pop() for _ in range(need)]
+        ids = [rng.randrange(256) for _ in range(n)]
+        batch.append(SeqWork(f"s{i}", ids, start, table, True))
+    rng.shuffle(batch)
+    return batch
+
+
+def check_shape(ck: Checker, hidden: int, heads: int, kv: int, d: int, inter: int, dtype: str,
+                seed: int) -> None:  # fmt: skip
+    rng = np.random.default_rng(seed)
+    cfg = random_config(hidden, 1, heads, kv, inter, head_dim=d)
+    case = f"h{hidden} hq{heads} hkv{kv} d{d} I{inter}"
+    gpu, cpu = ck.gpu, ck.cpu
+    bs, nb = 16, 64
+    plan = plan_step(make_batch(random.Random(seed), bs, nb), bs, nb, cfg.vocab_size, 2048)
+    T, S = int(plan.token_ids.shape[0]), int(plan.sample_rows.size)
+    eps = 1e-6
+
+    with on_cpu():
+        rope_c = Rope(cfg, "float32", cpu)
+    rope_g = Rope(cfg, dtype, gpu)
+    rope_c.cos = ck.cpu_t(rounded(rope_c.cos.numpy(), dtype))  # the GPU tables are in dtype
+    rope_c.sin = ck.cpu_t(rounded(rope_c.sin.numpy(), dtype))
+
+    def pair(*shape: int, scale: float = 1.0) -> tuple[np.ndarray, paddle.Tensor, paddle.Tensor]:
+        a = rounded(rng.standard_normal(shape).astype(np.float32) * scale, dtype)
+        return a, ck.cpu_t(a), ck.gpu_t(a, dtype)
+
+    def back(t: paddle.Tensor) -> np.ndarray:
+        if DRY:
+            return t.astype("float32").numpy()
+        if t.dtype == paddle.float32:
+            return t.numpy()
+        out = paddle.empty(list(t.shape), dtype="float32")
+        gpu._call("rl_cast_f32", out.data_ptr(), t.data_ptr(), int(np.prod(t.shape)),
+                  {"bfloat16": 1, "float16": 2}[dtype], gpu.stream)  # fmt: skip
+        return out.numpy()
+
+    st_c = C(cpu.begin_step, cfg, plan, rope_c, bs)
+    st_g = gpu.begin_step(cfg, plan, rope_g, bs)
+
+    # embedding gather
+    _, tab_c, tab_g = pair(cfg.vocab_size, hidden)
+    ck.record("embed", case, dtype, back(gpu.embed(tab_g, st_g)), C(cpu.embed, tab_c, st_c).numpy())
+    # rms_norm, add_rms_norm, final_norm
+    x, x_c, x_g = pair(T, hidden, scale=3.0)
+    _, dl_c, dl_g = pair(T, hidden)
+    _, w_c, w_g = pair(hidden)
+    ck.record(
+        "rms_norm",
+        case,
+        dtype,
+        back(gpu.rms_norm(x_g, w_g, eps)),
+        C(cpu.rms_norm, x_c, w_c, eps).numpy(),
+    )
+    xo_c, h_c = C(cpu.add_rms_norm, x_c, dl_c, w_c, eps)
+    x2_g = ck.gpu_t(x, dtype)
+    xo_g, h_g = gpu.add_rms_norm(x2_g, dl_g, w_g, eps)
+    ck.record("add_rms_norm.x", case, dtype, back(xo_g), xo_c.numpy())
+    ck.record("add_rms_norm.h", case, dtype, back(h_g), h_c.numpy())
+    ck.record("final_norm", case, dtype, back(gpu.final_norm(ck.gpu_t(x, dtype), dl_g, w_g, st_g, eps)),
+              C(cpu.final_norm, x_c, dl_c, w_c, st_c, eps).numpy())  # fmt: skip
+    # linear (cuBLAS) + bias kernel
+    _, wq_c, wq_g = pair((heads + 2 * kv) * d, hidden, scale=hidden**-0.5)
+    _, b_c, b_g = pair((heads + 2 * kv) * d)
+    ck.record(
+        "linear+bias",
+        case,
+        dtype,
+        back(gpu.linear(x_g, wq_g, b_g)),
+        C(cpu.linear, x_c, wq_c, b_c).numpy(),
+    )
+    # bias + RoPE + paged-KV write (caches pre-filled with random data)
+    cache_shape = (nb, bs, kv, d)
+    kc0, kc_c, kc_g = pair(*cache_shape)
+    vc0, vc_c, vc_g = pair(*cache_shape)
+    qkv, qkv_c, qkv_g = pair(T, (heads + 2 * kv) * d)
+    q_c = C(cpu.qkv_rope_cache, qkv_c, b_c, st_c, kc_c, vc_c)
+    q_g = gpu.qkv_rope_cache(qkv_g, b_g, st_g, kc_g, vc_g)
+    ck.record("qkv_rope.q", case, dtype, back(q_g), q_c.numpy())
+    ck.record("qkv_rope.kcache", case, dtype, back(kc_g), kc_c.numpy())
+    ck.record("qkv_rope.vcache", case, dtype, back(vc_g), vc_c.numpy())
+    # paged attention (decode rows + prefill chunks in one launch) over those caches
+    _, qa_c, qa_g = pair(T, heads, d, scale=2.0)
+    ref = C(cpu.attention, qa_c, kc_c, vc_c, st_c).numpy()
+    for ver, ns in (("v1", None), ("v2", None), ("v2", 1), ("v2", 5)):
+        gpu.attn_version, gpu.force_nsplit = ver, ns
+        name = f"paged_attention.{ver}" + (f".split{ns}" if ns else "")
+        ck.record(name, case, dtype, back(gpu.attention(qa_g, kc_g, vc_g, st_g)), ref)
+    gpu.attn_version, gpu.force_nsplit = "v2", None
+    # SiLU * mul
+    _, gu_c, gu_g = pair(T, 2 * inter, scale=2.0)
+    ck.record("silu_mul", case, dtype, back(gpu.silu_mul(gu_g)), C(cpu.silu_mul, gu_c).numpy())
+    # logits (+ cast to float32) and greedy argmax
+    _, r_c, r_g = pair(S, hidden)
+    _, lm_c, lm_g = pair(cfg.vocab_size, hidden, scale=hidden**-0.5)
+    lg = gpu.logits(r_g, lm_g).numpy()
+    ck.record("logits", case, dtype, lg, C(cpu.logits, r_c, lm_c).numpy())
+    got = gpu.greedy(ck.gpu_t(lg, "float32"))
+    ck.record("greedy_argmax", case, "float32", np.asarray(got), np.argmax(lg, axis=-1))
+    _ = (kc0, vc0, qkv)
+
+
+def check_argmax_ties(ck: Checker) -> None:
+    rng = np.random.default_rng(7)
+    lg = rng.standard_normal((6, 151936)).astype(np.float32)
+    lg[0, 5] = lg[0, 100000] = 50.0  # tie: first index wins
+    lg[1, :] = -np.inf
+    lg[1, 77] = 0.0
+    lg[2, -1] = 99.0
+    got = ck.gpu.greedy(ck.gpu_t(lg, "float32"))
+    ck.record(
+        "greedy_argmax", "ties/-inf/last, V=151936", "float32", np.asarray(got), np.argmax(lg, -1)
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--dry-cpu", action="store_true")
+    args = ap.parse_args()
+    global DRY
+    DRY = args.dry_cpu
+    if DRY:
+        paddle.set_device("cpu")
+        CudaOps.__init__ = lambda self: None  # type: ignore[method-assign]
+        for name in (
+            "to_device",
+            "zeros",
+            "begin_step",
+            "embed",
+            "rms_norm",
+            "add_rms_norm",
+            "linear",
+            "qkv_rope_cache",
+            "attention",
+            "silu_mul",
+            "final_norm",
+            "logits",
+        ):
+            setattr(CudaOps, name, getattr(NativeOps, name))
+        CudaOps.greedy = NativeOps.greedy
+        CudaOps._attention_meta = staticmethod(NativeOps._attention_meta)
+        CudaOps.name = "dry-native"
+    else:
+        paddle.set_device("gpu")
+    try:  # float32 GEMMs in full float32 (no TF32), as on the CPU
+        paddle.base.core.set_cublas_switch(False)
+    except AttributeError:
+        pass
+    t0 = time.time()
+    ck = Checker(CudaOps())
+    shapes = [(64, 4, 2, 16, 128), (48, 4, 1, 16, 96), (896, 14, 2, 64, 4864), (256, 8, 8, 32, 512),
+              (512, 4, 2, 128, 1024)]  # fmt: skip
+    for i, shp in enumerate(shapes):
+        for dtype in ("float32", "bfloat16"):
+            try:
+                check_shape(ck, *shp, dtype=dtype, seed=100 * i + len(dtype))
+            except Exception as e:  # record and go on: one broken op must not hide the rest
+                import traceback
+
+                traceback.print_exc()
+                ck.results.append(dict(op="EXCEPTION", case=str(shp), dtype=dtype, ok=False,
+                                       error=f"{type(e).__name__}: {e}"))  # fmt: skip
+    check_argmax_ties(ck)
+    n_ok = sum(r["ok"] for r in ck.results)
+    summary = {"device": "dry-cpu" if DRY else paddle.device.cuda.get_device_name(), "paddle": paddle.__version__,
+               "checks": len(ck.results), "ok": n_ok, "seconds": round(time.time() - t0, 1),
+               "results": ck.results}  # fmt: skip
+    print(f"kernel checks: {n_ok}/{len(ck.results)} ok on {summary['device']}", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(summary, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The seam between the decoder's math (`llama.PagedDecoder`) and the kernels that run it.
+
+The decoder calls only these operations; GEMMs go through `linear` (always `paddle.matmul`,
+i.e. cuBLAS on a GPU). Two implementations:
+
+- `NativeOps` (ops/native.py): Paddle's own operators: the CPU path, and GPUs where
+  Paddle's own build has kernels for the chip (Paddle's CUDA 12.6+ packages on Hopper).
+- `CudaOps` (ops/cuda.py): our CUDA kernels (ops/kernels.cu), launched on the device
+  pointers of Paddle tensors on Paddle's stream; needed where Paddle's GPU kernels are
+  missing for the chip (PyPI's paddlepaddle-gpu 2.6.2 on an H100: only matmul and copies
+  are right there).
+
+Tensors are Paddle tensors; shapes below use T = tokens in the step, S = sampled rows,
+h = hidden size, d = head dim, hq / hkv = query / kv heads, I = intermediate size.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import paddle
+
+from engine_pod.model.hf_config import ModelConfig
+from engine_pod.model.step_plan import StepPlan
+
+
+class DecoderOps(ABC):
+    """The non-GEMM operations of one decoder step (plus weight upload and the GEMM call)."""
+
+    name: str = "abstract"
+    device_greedy: bool = False  # True: `greedy` runs on the device (only ids come back)
+
+    @abstractmethod
+    def to_device(self, a: np.ndarray, dtype: str) -> paddle.Tensor:
+        """A new tensor on the current device from a float numpy array, cast to `dtype`."""
+
+    @abstractmethod
+    def zeros(self, shape: list[int], dtype: str) -> paddle.Tensor: ...
+
+    @abstractmethod
+    def begin_step(self, cfg: ModelConfig, plan: StepPlan, rope: Any, block_size: int) -> Any:
+        """Upload the step's indices (token ids, positions, cache slots, block tables...)."""
+
+    @abstractmethod
+    def embed(self, table: paddle.Tensor, st: Any) -> paddle.Tensor:
+        """Embedding gather: [T, h] rows of `table` for the step's token ids."""
+
+    @abstractmethod
+    def rms_norm(self, x: paddle.Tensor, w: paddle.Tensor, eps: float) -> paddle.Tensor: ...
+
+    @abstractmethod
+    def add_rms_norm(
+        self, x: paddle.Tensor, delta: paddle.Tensor, w: paddle.Tensor, eps: float
+    ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """Fused residual add + RMSNorm: (x + delta, rms_norm(x + delta) * w)."""
+
+    @abstractmethod
+    def linear(
+        self, x: paddle.Tensor, w: paddle.Tensor, b: paddle.Tensor | None = None
+    ) -> paddle.Tensor:
+        """x @ w.T (+ b); w in HF [out, in] layout."""
+
+    @abstractmethod
+    def qkv_rope_cache(
+        self,
+        qkv: paddle.Tensor,
+        bias: paddle.Tensor | None,
+        st: Any,
+        kc: paddle.Tensor,
+        vc: paddle.Tensor,
+    ) -> paddle.Tensor:
+        """(+ bias), split q/k/v, RoPE on q and k, write k/v to their cache slots; q [T, hq, d]."""
+
+    @abstractmethod
+    def attention(
+        self, q: paddle.Tensor, kc: paddle.Tensor, vc: paddle.Tensor, st: Any
+    ) -> paddle.Tensor:
+        """Causal GQA of each token over its sequence's paged context: [T, hq * d]."""
+
+    @abstractmethod
+    def silu_mul(self, gate_up: paddle.Tensor) -> paddle.Tensor:
+        """[T, 2I] (gate then up) → silu(gate) * up [T, I]."""
+
+    @abstractmethod
+    def final_norm(
+        self, x: paddle.Tensor, delta: paddle.Tensor, w: paddle.Tensor, st: Any, eps: float
+    ) -> paddle.Tensor:
+        """rms_norm((x + delta)[sample rows]) * w: [S, h]."""
+
+    @abstractmethod
+    def logits(self, rows: paddle.Tensor, lm_head: paddle.Tensor) -> paddle.Tensor:
+        """float32 logits [S, vocab]."""
+
+    def logits_to_numpy(self, logits: paddle.Tensor) -> np.ndarray:
+        return logits.numpy()
+
+    def greedy(self, logits: paddle.Tensor) -> list[int]:
+        """argmax of each row (first index among ties)."""
+        return [int(t) for t in np.argmax(self.logits_to_numpy(logits), axis=-1)]

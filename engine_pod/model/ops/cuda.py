@@ -1,0 +1,387 @@
+"""`CudaOps`: the decoder's non-GEMM ops as our own CUDA kernels (ops/kernels.cu).
+
+Route: the kernels are compiled by nvcc into a plain shared library (ops/build.py; sm_90
+by default) that links the CUDA runtime statically, loaded with ctypes, and launched on
+the raw device pointers of Paddle tensors (`Tensor.data_ptr()`) on Paddle's current CUDA
+stream (`paddle.device.cuda.current_stream().cuda_stream`). Paddle allocates every tensor
+(`paddle.empty`, never a Paddle element-wise kernel) and runs the GEMMs (`paddle.matmul`
+→ cuBLAS); host↔device traffic is plain copies. So the path needs from Paddle only what
+works on a chip its build has no kernels for. Importing this module needs no GPU; the
+library is loaded when `CudaOps()` is built.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import paddle
+
+from engine_pod.model.hf_config import ModelConfig
+from engine_pod.model.ops import build as ops_build
+from engine_pod.model.ops.base import DecoderOps
+from engine_pod.model.safetensors_io import float32_to_bf16
+from engine_pod.model.step_plan import StepPlan
+
+_P, _I, _I64, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+_SIGNATURES: dict[str, list[Any]] = {
+    "rl_version": [],
+    "rl_sync": [],
+    "rl_zero": [_P, _I64, _P],
+    "rl_gather_rows": [_P, _P, _P, _I, _I, _I, _P],
+    "rl_rms_norm": [_P, _P, _P, _P, _P, _P, _I, _I, _F, _I, _P],
+    "rl_add_bias": [_P, _P, _I64, _I, _I, _P],
+    "rl_silu_mul": [_P, _P, _I64, _I, _I, _P],
+    "rl_cast_f32": [_P, _P, _I64, _I, _P],
+    "rl_qkv_rope_cache": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _P],
+    "rl_paged_attention_smem": [_I, _I, _I],
+    "rl_paged_attention": [_P, _P, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _F, _I, _P],
+    "rl_argmax": [_P, _P, _I, _I, _I, _P],
+    "rl_h2d": [_P, _P, _I64, _P],
+    "rl_paged_attention_v2": [
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _I,
+        _P,
+        _P,
+        _I,
+        _I,
+        _I,
+        _I,
+        _I,
+        _F,
+        _I,
+        _I,
+        _I,
+        _P,
+    ],
+}
+ATTN_KEYS_PER_SPLIT = int(os.environ.get("RLFLEET_ATTN_KPS", "64"))
+_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+_CODE = {"float32": 0, "bfloat16": 1, "float16": 2}
+
+
+class CudaError(RuntimeError):
+    pass
+
+
+def load_library(path: str | None = None, build_if_missing: bool = True) -> ctypes.CDLL:
+    """Load the kernel library (building it with nvcc first if it is missing or stale)."""
+    path = path or ops_build.lib_path()
+    if build_if_missing and ops_build.is_stale(path) and not os.environ.get("RLFLEET_OPS_LIB"):
+        ops_build.build(path)
+    if not os.path.exists(path):
+        raise CudaError(
+            f"kernel library {path} not found: run python -m engine_pod.model.ops.build"
+        )
+    lib = ctypes.CDLL(path)
+    for name, args in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes = args
+        fn.restype = ctypes.c_int
+    return lib
+
+
+_BF16_BITS_OK: bool | None = None
+
+
+def _bf16_from_bits_ok() -> bool:
+    """Does `paddle.to_tensor(uint16 bits, dtype="bfloat16")` take the bits as bf16 (Paddle 2.x)?"""
+    global _BF16_BITS_OK
+    if _BF16_BITS_OK is None:
+        probe = np.array([1.5, -2.25, 3.0e38, 1e-3], dtype=np.float32)
+        try:
+            t = paddle.to_tensor(float32_to_bf16(probe), dtype="bfloat16", place=paddle.CPUPlace())
+            back = t.astype("float32").numpy()
+            want = (float32_to_bf16(probe).astype(np.uint32) << 16).view(np.float32)
+            _BF16_BITS_OK = bool(t.dtype == paddle.bfloat16 and np.array_equal(back, want))
+        except Exception:
+            _BF16_BITS_OK = False
+    return _BF16_BITS_OK
+
+
+def dtype_name(t: paddle.Tensor) -> str:
+    for name in _CODE:
+        if t.dtype == getattr(paddle, name):
+            return name
+    raise CudaError(f"unsupported dtype {t.dtype}")
+
+
+@dataclass
+class CudaStep:
+    cfg: ModelConfig
+    plan: StepPlan
+    rope: Any
+    block_size: int
+    n_tok: int
+    n_sample: int
+    meta: paddle.Tensor  # int64 [..] on the device: every index array of the step, packed
+    ids: int  # device addresses inside `meta`
+    pos: int
+    slot_b: int
+    slot_o: int
+    seq: int
+    rows: int
+    tables: int
+    table_stride: int
+    max_ctx: int = 1  # longest context of a token in the step (positions.max() + 1)
+
+
+class CudaOps(DecoderOps):
+    name = "cuda"
+    device_greedy = True
+
+    def __init__(self, lib_path: str | None = None) -> None:
+        self.lib = load_library(lib_path)
+        self._stream: int | None = None
+        dev = paddle.device.get_device()  # "gpu:N" once paddle.set_device("gpu") ran
+        self.device_id = int(dev.split(":")[1]) if dev.startswith("gpu:") else 0
+        # paged attention: "v2" (split-K, warp per key; default) or "v1" (one block per
+        # token and kv head); force_nsplit pins v2's split count (tests)
+        self.attn_version = os.environ.get("RLFLEET_ATTN", "v2")
+        self.force_nsplit: int | None = None
+        try:
+            props = paddle.device.cuda.get_device_properties(self.device_id)
+            self.num_sms = int(props.multi_processor_count)
+        except Exception:
+            self.num_sms = 132
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def stream(self) -> int:
+        if self._stream is None:
+            self.refresh_stream()
+        return self._stream  # type: ignore[return-value]
+
+    def refresh_stream(self) -> int:
+        """Paddle's current CUDA stream (launches must be ordered with its matmuls)."""
+        self._stream = int(paddle.device.cuda.current_stream().cuda_stream)
+        return self._stream
+
+    def _call(self, name: str, *args: Any) -> None:
+        rc = getattr(self.lib, name)(*args)
+        if rc != 0:
+            raise CudaError(f"{name}: CUDA error {rc}")
+
+    @staticmethod
+    def _empty(shape: list[int], dtype: str) -> paddle.Tensor:
+        return paddle.empty(shape, dtype=dtype)
+
+    def synchronize(self) -> None:
+        self._call("rl_sync")
+
+    # ------------------------------------------------------------------ memory
+    def to_device(self, a: np.ndarray, dtype: str) -> paddle.Tensor:
+        # cast on the host (Paddle's GPU cast kernel may be missing), then a plain copy
+        if dtype == "bfloat16" and _bf16_from_bits_ok():
+            # numpy bf16 bits (round to nearest even): Paddle 2.6's own float→bf16 in
+            # to_tensor is a per-element Python loop (minutes for a 0.5B model)
+            t = paddle.to_tensor(float32_to_bf16(a), dtype="bfloat16", place=paddle.CPUPlace())
+        else:
+            t = paddle.to_tensor(np.ascontiguousarray(a), dtype=dtype, place=paddle.CPUPlace())
+        return t.cuda(self.device_id)
+
+    def zeros(self, shape: list[int], dtype: str) -> paddle.Tensor:
+        t = self._empty(shape, dtype)
+        self._call("rl_zero", t.data_ptr(), int(np.prod(shape)) * _ITEMSIZE[dtype], self.stream)
+        return t
+
+    def upload_int64(self, a: np.ndarray) -> paddle.Tensor:
+        t = paddle.to_tensor(np.ascontiguousarray(a, dtype=np.int64), place=paddle.CPUPlace())
+        return t.cuda(self.device_id)
+
+    # ------------------------------------------------------------------ step
+    @staticmethod
+    def pack_step(
+        plan: StepPlan, block_size: int, stride: int | None = None
+    ) -> tuple[np.ndarray, list[int], int]:
+        """Every index array of the step in one int64 buffer: (buffer, offsets, table stride).
+
+        Layout: token ids, positions, slot blocks, slot offsets [T] each; the sequence of
+        each token [T]; sample rows [S]; block tables [items, stride].
+        """
+        n_tok = int(plan.token_ids.shape[0])
+        seq = np.empty(n_tok, dtype=np.int64)
+        need = []
+        row = 0
+        for i, w in enumerate(plan.items):
+            n = len(w.token_ids)
+            seq[row : row + n] = i
+            row += n
+            need.append((w.start_pos + n + block_size - 1) // block_size)
+        stride = stride or (max(need) if need else 1)
+        tables = np.zeros((len(plan.items), stride), dtype=np.int64)
+        for i, w in enumerate(plan.items):
+            tables[i, : need[i]] = w.block_table[: need[i]]
+        parts = [plan.token_ids, plan.positions, plan.slot_blocks, plan.slot_offsets, seq,
+                 plan.sample_rows, tables.reshape(-1)]  # fmt: skip
+        offs = np.cumsum([0] + [p.size for p in parts])
+        buf = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
+        return buf, [int(o) for o in offs[:-1]], stride
+
+    def begin_step(self, cfg: ModelConfig, plan: StepPlan, rope: Any, block_size: int) -> CudaStep:
+        self.refresh_stream()
+        buf, offs, stride = self.pack_step(plan, block_size)
+        return self.step_on(cfg, plan, rope, block_size, self.upload_int64(buf), offs, stride)
+
+    def step_on(self, cfg: ModelConfig, plan: StepPlan, rope: Any, block_size: int,
+                meta: paddle.Tensor, offs: list[int], stride: int) -> CudaStep:  # fmt: skip
+        """A step whose indices live in `meta` (a device int64 buffer laid out by pack_step)."""
+        base = meta.data_ptr()
+        addr = [base + 8 * o for o in offs]
+        n_tok = int(plan.token_ids.shape[0])
+        max_ctx = int(plan.positions.max()) + 1 if n_tok else 1
+        return CudaStep(cfg, plan, rope, block_size, n_tok, int(plan.sample_rows.size), meta,
+                        *addr, table_stride=stride, max_ctx=max_ctx)  # fmt: skip
+
+    def copy_to_device(self, dst: paddle.Tensor, host: np.ndarray) -> None:
+        """Overwrite a device tensor in place from host memory (on the stream; graph inputs)."""
+        host = np.ascontiguousarray(host)
+        self._call("rl_h2d", dst.data_ptr(), host.ctypes.data, host.nbytes, self.stream)
+
+    def embed(self, table: paddle.Tensor, st: CudaStep) -> paddle.Tensor:
+        dt = dtype_name(table)
+        h = int(table.shape[1])
+        out = self._empty([st.n_tok, h], dt)
+        self._call("rl_gather_rows", out.data_ptr(), table.data_ptr(), st.ids, st.n_tok, h,
+                   _CODE[dt], self.stream)  # fmt: skip
+        return out
+
+    def rms_norm(self, x: paddle.Tensor, w: paddle.Tensor, eps: float) -> paddle.Tensor:
+        dt = dtype_name(x)
+        n, h = int(x.shape[0]), int(x.shape[1])
+        out = self._empty([n, h], dt)
+        self._call("rl_rms_norm", out.data_ptr(), None, x.data_ptr(), None, None, w.data_ptr(),
+                   n, h, eps, _CODE[dt], self.stream)  # fmt: skip
+        return out
+
+    def add_rms_norm(
+        self, x: paddle.Tensor, delta: paddle.Tensor, w: paddle.Tensor, eps: float
+    ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        dt = dtype_name(x)
+        n, h = int(x.shape[0]), int(x.shape[1])
+        out = self._empty([n, h], dt)
+        xp = x.data_ptr()  # the residual stream is updated in place
+        self._call("rl_rms_norm", out.data_ptr(), xp, xp, delta.data_ptr(), None, w.data_ptr(),
+                   n, h, eps, _CODE[dt], self.stream)  # fmt: skip
+        return x, out
+
+    def linear(
+        self, x: paddle.Tensor, w: paddle.Tensor, b: paddle.Tensor | None = None
+    ) -> paddle.Tensor:
+        y = paddle.matmul(x, w, transpose_y=True)
+        if b is not None:
+            dt = dtype_name(y)
+            n = int(np.prod(y.shape))
+            self._call("rl_add_bias", y.data_ptr(), b.data_ptr(), n, int(b.shape[0]), _CODE[dt],
+                       self.stream)  # fmt: skip
+        return y
+
+    def qkv_rope_cache(
+        self,
+        qkv: paddle.Tensor,
+        bias: paddle.Tensor | None,
+        st: CudaStep,
+        kc: paddle.Tensor,
+        vc: paddle.Tensor,
+    ) -> paddle.Tensor:
+        cfg = st.cfg
+        dt = dtype_name(qkv)
+        q = self._empty([st.n_tok, cfg.num_heads, cfg.head_dim], dt)
+        self._call(
+            "rl_qkv_rope_cache", q.data_ptr(), qkv.data_ptr(),
+            bias.data_ptr() if bias is not None else None,
+            st.rope.cos.data_ptr(), st.rope.sin.data_ptr(), st.pos, st.slot_b, st.slot_o,
+            kc.data_ptr(), vc.data_ptr(), st.n_tok, cfg.num_heads, cfg.num_kv_heads,
+            cfg.head_dim, st.block_size, _CODE[dt], self.stream,
+        )  # fmt: skip
+        return q
+
+    def attention(
+        self, q: paddle.Tensor, kc: paddle.Tensor, vc: paddle.Tensor, st: CudaStep
+    ) -> paddle.Tensor:
+        cfg = st.cfg
+        dt = dtype_name(q)
+        hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        out = self._empty([st.n_tok, hq * d], dt)
+        scale = 1.0 / float(np.sqrt(d))
+        if self.attn_version == "v2":
+            # Split-K unless (tokens x kv heads) blocks fill the GPU several times. Splits are
+            # fixed runs of ATTN_KEYS_PER_SPLIT keys over the block tables' capacity, so the
+            # partition (hence the rounding) is the same for any context length in the
+            # buffers: eager steps and CUDA-graph replays give identical results.
+            blocks = st.n_tok * hkv
+            kps = ATTN_KEYS_PER_SPLIT
+            if self.force_nsplit:
+                nsplit = self.force_nsplit
+                kps = -(-st.max_ctx // nsplit)
+            elif blocks >= 4 * self.num_sms:  # enough blocks (prefill): no split
+                nsplit = 1
+            else:
+                nsplit = max(1, -(-(st.table_stride * st.block_size) // kps))
+            part_acc = part_ml = None
+            if nsplit > 1:
+                part_acc = self._empty([st.n_tok * hq * nsplit * d], "float32")
+                part_ml = self._empty([st.n_tok * hq * nsplit * 2], "float32")
+            rc = self.lib.rl_paged_attention_v2(
+                out.data_ptr(), part_acc.data_ptr() if part_acc is not None else None,
+                part_ml.data_ptr() if part_ml is not None else None, q.data_ptr(), kc.data_ptr(),
+                vc.data_ptr(), st.tables, st.table_stride, st.seq, st.pos, st.n_tok, hq, hkv, d,
+                st.block_size, scale, nsplit, kps, _CODE[dt], self.stream,
+            )  # fmt: skip
+            if rc == 0:
+                return out
+            if rc != 801:  # 801: no instance for this shape → v1
+                raise CudaError(f"rl_paged_attention_v2: CUDA error {rc}")
+        self._call(
+            "rl_paged_attention", out.data_ptr(), q.data_ptr(), kc.data_ptr(), vc.data_ptr(),
+            st.tables, st.table_stride, st.seq, st.pos, st.n_tok, hq, hkv, d, st.block_size,
+            scale, _CODE[dt], self.stream,
+        )  # fmt: skip
+        return out
+
+    def silu_mul(self, gate_up: paddle.Tensor) -> paddle.Tensor:
+        dt = dtype_name(gate_up)
+        n, i2 = int(gate_up.shape[0]), int(gate_up.shape[1])
+        out = self._empty([n, i2 // 2], dt)
+        self._call("rl_silu_mul", out.data_ptr(), gate_up.data_ptr(), n, i2 // 2, _CODE[dt],
+                   self.stream)  # fmt: skip
+        return out
+
+    def final_norm(
+        self, x: paddle.Tensor, delta: paddle.Tensor, w: paddle.Tensor, st: CudaStep, eps: float
+    ) -> paddle.Tensor:
+        dt = dtype_name(x)
+        h = int(x.shape[1])
+        out = self._empty([st.n_sample, h], dt)
+        self._call("rl_rms_norm", out.data_ptr(), None, x.data_ptr(), delta.data_ptr(), st.rows,
+                   w.data_ptr(), st.n_sample, h, eps, _CODE[dt], self.stream)  # fmt: skip
+        return out
+
+    def logits(self, rows: paddle.Tensor, lm_head: paddle.Tensor) -> paddle.Tensor:
+        y = paddle.matmul(rows, lm_head, transpose_y=True)
+        dt = dtype_name(y)
+        if dt == "float32":
+            return y
+        out = self._empty(list(y.shape), "float32")
+        self._call("rl_cast_f32", out.data_ptr(), y.data_ptr(), int(np.prod(y.shape)), _CODE[dt],
+                   self.stream)  # fmt: skip
+        return out
+
+    def argmax(self, logits: paddle.Tensor) -> paddle.Tensor:
+        """int64 [rows] on the device (no sync: usable inside a CUDA graph capture)."""
+        rows, vocab = int(logits.shape[0]), int(logits.shape[1])
+        out = self._empty([rows], "int64")
+        self._call("rl_argmax", out.data_ptr(), logits.data_ptr(), rows, vocab, 0, self.stream)
+        return out
+
+    def greedy(self, logits: paddle.Tensor) -> list[int]:
+        return [int(t) for t in self.argmax(logits).numpy()]
