@@ -9,12 +9,14 @@ import argparse
 import asyncio
 import json
 import statistics
+import tempfile
 import time
 
 import httpx
 
 from bench.common import console, print_table, write_result
 from engine_pod.launcher import EnginePod
+from engine_pod.model.random_model import make_random_model
 
 REFERENCE_PAUSE_S = 0.342  # the design this comes from: 8 running + 12 waiting
 
@@ -114,7 +116,7 @@ async def decode_step_time(url: str, batch: int) -> float:
     return (t1 - t0) / max(1, s1["steps"] - s0["steps"])
 
 
-async def throughput(url: str, concurrency: int, max_tokens: int) -> dict:
+async def throughput(url: str, concurrency: int, max_tokens: int, max_sequential: int = 8) -> dict:
     """Output tokens/s with `concurrency` concurrent streams vs the same requests one at a time."""
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency + 4)) as c:
         t0 = time.perf_counter()
@@ -122,9 +124,8 @@ async def throughput(url: str, concurrency: int, max_tokens: int) -> dict:
             *(_stream(c, url, f"tp {i}", max_tokens) for i in range(concurrency))
         )
         t_batched = time.perf_counter() - t0
-        n_seq = min(
-            concurrency, 8
-        )  # one-at-a-time baseline on up to 8 requests (rate is per request)
+        # one-at-a-time baseline on a few requests (its rate is per request anyway)
+        n_seq = min(concurrency, max_sequential)
         t0 = time.perf_counter()
         seq = [await _stream(c, url, f"tp {i}", max_tokens) for i in range(n_seq)]
         t_seq = time.perf_counter() - t0
@@ -155,6 +156,31 @@ async def resume_to_first_token(url: str, trials: int = 5) -> dict:
         "resume_to_first_token_s_median": statistics.median(samples),
         "samples": samples,
     }
+
+
+def _print_throughput(title: str, rows: list[dict]) -> None:
+    print_table(
+        title,
+        [
+            "concurrency",
+            "batched tok/s",
+            "sequential tok/s",
+            "speedup",
+            "TTFT p50 (s)",
+            "TTFT seq (s)",
+        ],
+        [
+            [
+                t["concurrency"],
+                t["tokens_per_s"],
+                t["sequential_tokens_per_s"],
+                t["speedup"],
+                t["ttft_p50_s"],
+                t["ttft_sequential_s"],
+            ]
+            for t in rows
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -233,40 +259,27 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     console.rule("engine: continuous batching vs one-at-a-time")
-    with EnginePod(
-        "--max-num-seqs",
-        "64",
-        "--num-kv-blocks",
-        "4096",
-        "--max-num-batched-tokens",
-        "2048",
-        *extra,
-    ) as pod:
+    flags = ["--max-num-seqs", "64", "--num-kv-blocks", "4096", "--max-num-batched-tokens", "2048"]
+    with EnginePod(*flags, *extra) as pod:
         out["throughput"] = [
             asyncio.run(throughput(pod.url, c, 32 if args.quick else 64)) for c in concurrencies
         ]
-    print_table(
-        "decode throughput (output tokens/s)",
-        [
-            "concurrency",
-            "batched tok/s",
-            "sequential tok/s",
-            "speedup",
-            "TTFT p50 (s)",
-            "TTFT seq (s)",
-        ],
-        [
-            [
-                t["concurrency"],
-                t["tokens_per_s"],
-                t["sequential_tokens_per_s"],
-                t["speedup"],
-                t["ttft_p50_s"],
-                t["ttft_sequential_s"],
-            ]
-            for t in out["throughput"]
-        ],
-    )
+    _print_throughput(f"decode throughput, {out['model']} (output tokens/s)", out["throughput"])
+    if not args.quick and not args.model:
+        # A Qwen2-0.5B-shaped model with random weights (bf16 on disk, float32 on the CPU).
+        with tempfile.TemporaryDirectory(prefix="rlfleet-05b-") as tmp:
+            with console.status("[cyan]writing a Qwen2-0.5B-shaped random checkpoint…"):
+                model = make_random_model(
+                    tmp + "/qwen2-0.5b-shape", hidden=896, layers=24, heads=14, kv_heads=2,
+                    intermediate=4864, vocab=151936, dtype="bfloat16", tie_word_embeddings=True,
+                )  # fmt: skip
+            with EnginePod(*flags, "--model", model, "--max-model-len", "256") as pod:
+                out["throughput_05b"] = [
+                    asyncio.run(throughput(pod.url, c, 16, max_sequential=2)) for c in (1, 8, 32)
+                ]
+        _print_throughput(
+            "decode throughput, Qwen2-0.5B shape (output tokens/s)", out["throughput_05b"]
+        )
     write_result("engine", out)
     return out
 
