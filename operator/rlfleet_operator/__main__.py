@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("rlfleet_operator").setLevel(logging.DEBUG if args.debug else logging.INFO)
     if not (args.verbose or args.debug):
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # timers would log every pass
+        # One INFO line per HTTP request (every probe of every replica) drowns the operator's
+        # own pool / pod / step lines; failures are logged by the fan-out anyway.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     registry = kopf.OperatorRegistry()
     register(registry, OperatorConfig(resync_s=args.resync_seconds, metrics_port=args.metrics_port))
     kopf.run(

@@ -8,6 +8,7 @@ a sequence does not matter.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -69,8 +70,17 @@ def needs_children(diff: Any) -> bool:
     return any(tuple(field[:2]) not in RUNTIME_FIELDS for _, field, _, _ in diff)
 
 
+def _api_message(exc: ApiException) -> str:
+    """The apiserver's own explanation (Status.message), else the HTTP reason."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (TypeError, ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason)[:500]
+
+
 def _temporary(exc: ApiException) -> kopf.TemporaryError:
-    return kopf.TemporaryError(f"Kubernetes API: {exc.status} {exc.reason}", delay=5)
+    return kopf.TemporaryError(f"Kubernetes API: {exc.status} {_api_message(exc)}", delay=5)
 
 
 def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
@@ -107,11 +117,22 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> None:
     @kopf.on.create(*res, id="reconcile", registry=registry)
     @kopf.on.update(*res, id="reconcile", registry=registry)
     async def reconcile(
-        body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **_: Any
+        body: kopf.Body,
+        namespace: str,
+        name: str,
+        memo: kopf.Memo,
+        diff: Any = None,
+        **_: Any,
     ) -> None:
-        """Spec changed (or first sight): apply children, then converge replicas and status."""
+        """Spec changed (or first sight): apply children, then converge replicas and status.
+
+        A change of runtime fields only (paused, weights, pause) skips the children: they
+        reach the replicas through the fan-out and the state ConfigMap, and five API calls
+        fewer stand between `kubectl patch` and the pause.
+        """
         rec: Reconciler = memo.reconciler
-        await apply_children(rec, body, namespace, name)
+        if needs_children(diff) or (namespace, name) not in last_applied:
+            await apply_children(rec, body, namespace, name)
         try:
             await rec.converge(namespace, name)
         except ApiException as exc:

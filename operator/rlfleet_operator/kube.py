@@ -98,16 +98,24 @@ class Kube:
             "Service": self.core.patch_namespaced_service,
             "ConfigMap": self.core.patch_namespaced_config_map,
         }[kind]
-        await asyncio.to_thread(
-            patch,
-            meta["name"],
-            meta["namespace"],
-            dict(manifest),
-            field_manager=names.FIELD_MANAGER,
-            force=True,
-            _content_type=APPLY,
-            _preload_content=False,  # the answer is not needed: skip model deserialisation
-        )
+        for attempt in (1, 2):
+            try:
+                await asyncio.to_thread(
+                    patch,
+                    meta["name"],
+                    meta["namespace"],
+                    dict(manifest),
+                    field_manager=names.FIELD_MANAGER,
+                    force=True,
+                    _content_type=APPLY,
+                    _preload_content=False,  # the answer is not needed: skip deserialisation
+                )
+                return
+            except ApiException as exc:
+                # An apply that creates races any other creator of the object (409
+                # AlreadyExists); applied again it is an update.
+                if exc.status != 409 or attempt == 2:
+                    raise
 
     async def create_if_absent(self, manifest: Mapping[str, Any]) -> bool:
         """Create unless it exists (never overwrites); True if created."""

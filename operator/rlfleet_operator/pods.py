@@ -15,6 +15,8 @@ ENGINE_STATES = {
     "draining": "Draining",
     "paused": "Paused",
 }
+# Engine states before the engine process is up: not a replica the fan-out can act on yet.
+ENGINE_NOT_UP = frozenset({"starting", "loading"})
 # Pod-level states
 PENDING, STARTING, UNREACHABLE, TERMINATING, FAILED = (
     "Pending",
@@ -52,6 +54,7 @@ class ReplicaView:
     message: str = ""
     reachable: bool = False
     stuck: bool = False  # a reason in STUCK_REASONS
+    started: bool = False  # the container's startup probe passed: the engine was up
 
     def replica(self, port: int) -> Replica:
         return Replica(self.pod, f"http://{self.ip}:{port}")
@@ -67,18 +70,37 @@ class ReplicaView:
         return out
 
 
+def _crash(container_status: Mapping[str, Any]) -> str:
+    """Why the container's last run failed, as "exit code N (reason), R restart(s)"; else ""."""
+    last = (container_status.get("lastState") or {}).get("terminated") or {}
+    restarts = container_status.get("restartCount") or 0
+    code = last.get("exitCode")
+    if not restarts or not code:
+        return ""
+    reason = f" ({last['reason']})" if last.get("reason") else ""
+    return f"exit code {code}{reason}, {restarts} restart(s)"
+
+
 def _why_not_running(pod: Mapping[str, Any]) -> tuple[str, bool]:
     """A human reason a pod is not (yet) serving, and whether it is stuck."""
     status = pod.get("status") or {}
     for cs in status.get("containerStatuses") or ():
         state = cs.get("state") or {}
+        crashed = _crash(cs)
         for key in ("waiting", "terminated"):
             detail = state.get(key)
             if detail and detail.get("reason"):
                 text = detail["reason"] + (
                     f": {detail['message']}" if detail.get("message") else ""
                 )
-                return text, detail["reason"] in STUCK_REASONS
+                if crashed and crashed not in text:
+                    text += f" ({crashed})"
+                failed = key == "terminated" and detail.get("exitCode", 0) != 0
+                return text, detail["reason"] in STUCK_REASONS or failed
+        if crashed:
+            # Running again after a crash, not up yet: a failing replica, not a new one.
+            # Cleared as soon as the engine answers (apply_probe).
+            return f"Restarting: {crashed}", True
     for cond in status.get("conditions") or ():
         if cond.get("status") == "False" and cond.get("reason"):
             text = cond["reason"] + (f": {cond['message']}" if cond.get("message") else "")
@@ -96,6 +118,7 @@ def view_of_pod(pod: Mapping[str, Any]) -> ReplicaView:
     )
     phase = status.get("phase") or "Pending"
     why, stuck = _why_not_running(pod)
+    started = any(cs.get("started") for cs in status.get("containerStatuses") or ())
     if meta.get("deletionTimestamp"):
         return ReplicaView(meta["name"], ip, ready, False, TERMINATING, message=why)
     if phase in ("Failed", "Succeeded"):
@@ -110,22 +133,41 @@ def view_of_pod(pod: Mapping[str, Any]) -> ReplicaView:
         )
     if phase != "Running" or not ip:
         return ReplicaView(meta["name"], ip, False, False, PENDING, message=why, stuck=stuck)
-    return ReplicaView(meta["name"], ip, ready, True, STARTING, message=why, stuck=stuck)
+    return ReplicaView(
+        meta["name"], ip, ready, True, STARTING, message=why, stuck=stuck, started=started
+    )
 
 
 def apply_probe(view: ReplicaView, ok: bool, data: Mapping[str, Any], error: str | None) -> None:
     """Fold the engine's /v1/is_paused answer (or the failure) into the view."""
-    if ok:
+    engine_state = str(data.get("state", "")).lower() if ok else ""
+    if ok and engine_state in ENGINE_NOT_UP:
+        # The API server answers before its engine process is up (model loading): it is
+        # neither running nor paused yet. It comes up in the state the pool's state
+        # ConfigMap gave it; the fan-out leaves it alone until then.
+        view.reachable = False
+        view.state = STARTING
+        view.weights_version = None
+        view.message = f"engine {engine_state}"
+        view.stuck = False
+    elif ok:
         view.reachable = True
-        view.state = ENGINE_STATES.get(str(data.get("state", "")).lower()) or (
+        view.state = ENGINE_STATES.get(engine_state) or (
             "Paused" if data.get("is_paused") else "Running"
         )
         version = data.get("weights_version")
-        view.weights_version = str(version) if version is not None else None
+        view.weights_version = str(version) if version else None
         view.message = ""
         view.stuck = False
     else:
         view.reachable = False
-        # Not ready yet and not answering: still starting (it starts paused if the pool is).
-        view.state = UNREACHABLE if view.ready else STARTING
+        if view.stuck and view.message:
+            # Crash-looping (or otherwise failing to start): the pod's own reason says more
+            # than "connection refused", and it is not merely starting.
+            view.state = FAILED
+            return
+        # Never up yet and not answering: still starting (it starts paused if the pool is).
+        # An engine that was up (ready, or its startup probe passed) and no longer answers
+        # is hung or dying: Unreachable, whatever its readiness probe says by now.
+        view.state = UNREACHABLE if (view.ready or view.started) else STARTING
         view.message = error or view.message

@@ -103,13 +103,18 @@ class Reconciler:
     # ---- children ------------------------------------------------------------------------
 
     async def ensure_children(self, body: Mapping[str, Any]) -> None:
-        """Create or update the StatefulSet and Services; create the state ConfigMap and token Secret."""
+        """Create or update the StatefulSet and Services; create the state ConfigMap and token Secret.
+
+        Under the pool's lock: the create handler and the resync timer of a new pool run at
+        the same time, and two server-side applies creating one object race (409 AlreadyExists).
+        """
         spec = PoolSpec.from_body(body)
-        if spec.owns_token_secret:
-            await self.kube.create_if_absent(resources.token_secret(spec, body))
-        await self.kube.create_if_absent(resources.state_configmap(spec, body))
-        for manifest in resources.applied_children(spec, body):
-            await self.kube.apply(manifest)
+        async with self.lock(spec.namespace, spec.name):
+            if spec.owns_token_secret:
+                await self.kube.create_if_absent(resources.token_secret(spec, body))
+            await self.kube.create_if_absent(resources.state_configmap(spec, body))
+            for manifest in resources.applied_children(spec, body):
+                await self.kube.apply(manifest)
         ignored = ignored_engine_args(spec.engine_args)
         if ignored:
             self._event(
@@ -187,6 +192,14 @@ class Reconciler:
             )
             for view, result in zip(live, probed.results, strict=True):
                 apply_probe(view, result.ok, result.data, result.error)
+            lost = {v.pod: v.message or "not answering" for v in live if v.state == "Unreachable"}
+            if lost:
+                self._event(
+                    body,
+                    "Warning",
+                    "ReplicaUnreachable",
+                    f"{len(lost)} replica(s) not answering their control endpoint: {_short(lost)}",
+                )
             ctx = _Pass(self, client, body, spec, pool, generation, views, old, policy, failures)
             if spec.paused:
                 await ctx.pause()
@@ -202,7 +215,8 @@ class Reconciler:
     async def _write(
         self, body: Mapping[str, Any], status: dict[str, Any], old: Mapping[str, Any]
     ) -> dict[str, Any]:
-        if status != old:
+        status = without_empty_strings(status)
+        if status != without_empty_strings(old):
             meta = body["metadata"]
             await self.kube.patch_pool_status(meta["namespace"], meta["name"], status)
             if status.get("phase") != old.get("phase"):
@@ -278,14 +292,16 @@ class _Pass:
 
     async def pause(self) -> None:
         targets = [v for v in self._reachable() if v.state != "Paused"]
-        if not targets:
-            return
         last = dict(self.old.get("lastPause") or {})
         picking_up = (
             self.old.get("phase") == c.PAUSING
             and last.get("startedAt")
             and not last.get("completedAt")
         )
+        if not targets:
+            if picking_up and self._reachable():
+                self._close_interrupted_pause(last)
+            return
         # A fresh pool-wide pause (not a straggler caught up later) is what lastPause records.
         fresh = picking_up or not c.is_true(self.old.get("conditions"), c.PAUSED)
         started = last["startedAt"] if picking_up else c.now_iso()
@@ -347,6 +363,34 @@ class _Pass:
                 "PauseFailed",
                 f"{summary}; failed: {_short(outcome.failures)}",
             )
+
+    def _close_interrupted_pause(self, last: dict[str, Any]) -> None:
+        """A pause whose operator died mid-fan-out, finished by the replicas on their own.
+
+        Its per-replica figures went with the old operator; the record is closed so that
+        status never shows a pause that started and never completed.
+        """
+        reachable = self._reachable()
+        paused = sum(v.state == "Paused" for v in reachable)
+        self.old = {
+            **self.old,
+            "lastPause": {
+                **last,
+                "completedAt": c.now_iso(),
+                "generation": self.generation,
+                "replicas": len(reachable),
+                "pausedReplicas": paused,
+                "failedReplicas": len(reachable) - paused,
+                "resumedAfterRestart": True,
+            },
+        }
+        self.rec._event(
+            self.body,
+            "Normal",
+            "Paused",
+            f"paused {paused}/{len(reachable)} replica(s); the pause started before an "
+            "operator restart and was completed by the replicas (figures of that fan-out lost)",
+        )
 
     async def sync(self, weights: Weights) -> None:
         targets: list[ReplicaView] = []
@@ -477,6 +521,20 @@ class _Pass:
                 "Resumed",
                 f"{len(targets)} replica(s) resumed in {result.duration_s:.2f}s",
             )
+
+
+def without_empty_strings(value: Any) -> Any:
+    """`value` with every "" dropped from its mappings.
+
+    An empty string is "no value" in status: the field is left out. (kube-apiserver 1.20
+    also refuses "" in a custom resource's typed string fields — it decodes it as null —
+    so one empty weights version or message would make the whole status write fail.)
+    """
+    if isinstance(value, Mapping):
+        return {k: without_empty_strings(v) for k, v in value.items() if v != ""}
+    if isinstance(value, list):
+        return [without_empty_strings(v) for v in value]
+    return value
 
 
 def _short(items: Mapping[str, str], limit: int = 5) -> str:

@@ -96,15 +96,20 @@ def build_status(
                 generation=generation,
             )
     else:
+        # Paused describes what the replicas do, not what spec asks: it turns False only once
+        # every replica serves again, so `kubectl wait --for=condition=Paused=false` means
+        # resumed (as Paused=True means paused), never "a resume was requested".
         still = {v.pod: v.state for v in reachable if v.state != "Running"}
         if failures:
             paused = c.condition(
-                c.PAUSED, False, "ResumeIncomplete", _listing(failures), generation=generation
+                c.PAUSED,
+                bool(still),
+                "ResumeIncomplete",
+                _listing(failures),
+                generation=generation,
             )
         elif still:
-            paused = c.condition(
-                c.PAUSED, False, "Resuming", _listing(still), generation=generation
-            )
+            paused = c.condition(c.PAUSED, True, "Resuming", _listing(still), generation=generation)
         else:
             paused = c.condition(
                 c.PAUSED,

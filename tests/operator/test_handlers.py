@@ -45,3 +45,36 @@ def test_command_line() -> None:
     )
     assert (args.namespace, args.resync_seconds, args.metrics_port) == (["ml", "rl"], 2.0, 0)
     assert build_parser().parse_args([]).namespace == []
+
+
+def test_reconcile_handler_applies_children_only_when_the_pod_template_may_change() -> None:
+    import asyncio
+
+    calls: list[str] = []
+
+    class Rec:
+        async def ensure_children(self, body: object) -> None:
+            calls.append("children")
+
+        async def converge(self, namespace: str, name: str) -> None:
+            calls.append("converge")
+
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, handlers.OperatorConfig())
+    fn = next(h for h in registry._changing.get_all_handlers() if str(h.id) == "reconcile").fn
+    memo = kopf.Memo(reconciler=Rec())
+    body = {"metadata": {"name": "p", "namespace": "ml"}}
+    pause = [("change", ("spec", "paused"), False, True)]
+
+    async def call(diff: object) -> list[str]:
+        calls.clear()
+        await fn(body=body, namespace="ml", name="p", memo=memo, diff=diff)
+        return list(calls)
+
+    async def go() -> None:
+        # First sight of the pool since start: children applied whatever changed.
+        assert await call(pause) == ["children", "converge"]
+        assert await call(pause) == ["converge"]  # a pause: straight to the fan-out
+        assert await call([("change", ("spec", "replicas"), 1, 2)]) == ["children", "converge"]
+
+    asyncio.run(go())

@@ -354,3 +354,116 @@ def test_concurrent_passes_are_serialised() -> None:
             assert len(fleet.log.ops("pause")) == 3
 
     run(go())
+
+
+# -- found running against a real apiserver (tests/e2e/test_pool.py) ------------------------------
+
+
+def _walk(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _walk(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _walk(v)]
+    return [value]
+
+
+def test_paused_stays_true_until_every_replica_serves_again() -> None:
+    """`kubectl wait --for=condition=Paused=false` must mean resumed, not "resume requested"."""
+
+    async def go() -> None:
+        async with Fleet(2, paused=True) as fleet:
+            kube, rec, _ = setup(fleet, paused=False)
+            fleet.engines[1].fail["resume"] = 10
+            status = await rec.converge("ml", "pool")
+            paused = cond(status, c.PAUSED)
+            assert (paused["status"], paused["reason"]) == ("True", "ResumeIncomplete")
+            assert "pool-1" in paused["message"] and status["phase"] == c.DEGRADED
+            # The in-progress write (phase Resuming) did not say Paused=False either.
+            resuming = next(w for w in kube.status_writes if w["phase"] == c.RESUMING)
+            assert cond(resuming, c.PAUSED)["status"] == "True"
+
+            fleet.engines[1].fail.clear()
+            status = await rec.converge("ml", "pool")
+            paused = cond(status, c.PAUSED)
+            assert (paused["status"], paused["reason"]) == ("False", "Running")
+            assert status["phase"] == c.RUNNING
+
+    run(go())
+
+
+def test_pickup_after_restart_when_the_replicas_finished_pausing_alone() -> None:
+    async def go() -> None:
+        async with Fleet(2, paused=True) as fleet:
+            kube, rec, events = setup(fleet, paused=True)
+            kube.pool["status"] = {
+                "phase": "Pausing",
+                "lastPause": {"startedAt": "2026-01-01T00:00:00Z", "generation": 1},
+            }
+            status = await rec.converge("ml", "pool")
+            last = status["lastPause"]
+            assert last["completedAt"] and last["resumedAfterRestart"] is True
+            assert (last["replicas"], last["pausedReplicas"]) == (2, 2)
+            assert status["phase"] == c.PAUSED_PHASE
+            assert fleet.log.ops("pause") == [] and fleet.log.ops("reject") == []
+            assert any(r == "Paused" for _, r, _ in events)
+
+    run(go())
+
+
+def test_engine_answering_while_still_starting_is_left_alone() -> None:
+    """Its API server is up before its engine process: state "starting", neither running nor
+    paused. It comes up as the state ConfigMap says; pausing it now would only wait on it."""
+
+    async def go() -> None:
+        async with Fleet(2) as fleet:
+            _kube, rec, _ = setup(fleet, paused=True)
+            fleet.engines[1].state = "starting"
+            fleet.engines[1].weights_version = ""
+            status = await rec.converge("ml", "pool")
+            assert [e for e, _ in fleet.log.ops("reject")] == ["pool-0"]
+            rows = {r["pod"]: r for r in status["replicaStatuses"]}
+            assert rows["pool-1"]["state"] == "Starting"
+            assert "weightsVersion" not in rows["pool-1"]
+            paused = cond(status, c.PAUSED)
+            assert paused["status"] == "True" and "will start paused" in paused["message"]
+            assert "" not in _walk(status)
+
+    run(go())
+
+
+def test_replica_that_was_up_and_stops_answering_is_unreachable() -> None:
+    """Hung (or dying) after its startup probe passed: reported, never "Starting"."""
+
+    async def go() -> None:
+        async with Fleet(2) as fleet:
+            kube, rec, events = setup(fleet, paused=True)
+            hung = pod("pool-7", "127.0.0.250", ready=False)  # nothing listens there
+            hung["status"]["containerStatuses"] = [
+                {"name": "engine", "started": True, "ready": False, "state": {"running": {}}}
+            ]
+            kube.pods.append(hung)
+            kube.pool["spec"]["replicas"] = 3
+            status = await rec.converge("ml", "pool")
+            rows = {r["pod"]: r for r in status["replicaStatuses"]}
+            assert rows["pool-7"]["state"] == "Unreachable"
+            assert status["phase"] == c.DEGRADED
+            paused = cond(status, c.PAUSED)
+            assert paused["status"] == "False" and "pool-7" in paused["message"]
+            assert set(fleet.states().values()) == {"paused"}  # the others are not held up
+            assert any(r == "ReplicaUnreachable" and "pool-7" in m for _, r, m in events)
+
+    run(go())
+
+
+def test_status_never_carries_empty_strings() -> None:
+    """kube-apiserver 1.20 refuses "" in the CRD's typed string fields (read as null)."""
+
+    async def go() -> None:
+        async with Fleet(2, weights_version="") as fleet:
+            kube, rec, _ = setup(fleet)
+            status = await rec.converge("ml", "pool")
+            for write in kube.status_writes:
+                assert "" not in _walk(write)
+            assert "weightsVersion" not in status
+
+    run(go())
