@@ -64,6 +64,7 @@ class Fleet:
         weights: dict | None = None,
         port: int = 8180,
         pause_timeout_s: float = 30,
+        pause_mode: str | None = None,
     ) -> dict:
         spec: dict = {
             "replicas": replicas,
@@ -71,7 +72,10 @@ class Fleet:
             "port": port,
             "paused": paused,
             "engineArgs": engine_args or {},
-            "pause": {"timeoutSeconds": pause_timeout_s},
+            "pause": {
+                "timeoutSeconds": pause_timeout_s,
+                **({"mode": pause_mode} if pause_mode else {}),
+            },
         }
         if weights:
             spec["weights"] = weights

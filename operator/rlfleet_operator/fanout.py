@@ -279,7 +279,7 @@ async def pause(
     rejected = await run_step(
         REJECT,
         replicas,
-        lambda r: client.reject(r, timeout_s=policy.call_timeout_s),
+        lambda r: client.reject(r, timeout_s=policy.call_timeout_s, extra=policy.pause_extra),
         policy,
         pool=pool,
     )
@@ -316,12 +316,14 @@ async def sync_weights(
     policy: FanoutPolicy,
     *,
     pool: str = "",
+    digest: str | None = None,
 ) -> StepResult:
-    """update_weights on every replica. A result is ok only if the replica then reports `version`."""
+    """update_weights on every replica. A result is ok only if the replica then reports `version`
+    (and, when the pool names one, the engine has verified the checkpoint against `digest`)."""
 
     async def call(replica: Replica) -> dict[str, Any]:
         data = await client.update_weights(
-            replica, version=version, path=path, timeout_s=policy.weights_timeout_s
+            replica, version=version, path=path, timeout_s=policy.weights_timeout_s, digest=digest
         )
         reported = data.get("weights_version", data.get("version", version))
         if reported != version:

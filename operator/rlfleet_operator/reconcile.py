@@ -430,6 +430,7 @@ class _Pass:
                 weights.path,
                 self.policy,
                 pool=self.pool,
+                digest=weights.digest,
             ),
         )
         by_pod = result.by_pod()

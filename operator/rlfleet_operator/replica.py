@@ -120,11 +120,18 @@ class ReplicaClient:
         """`{"is_paused", "state", "weights_version"}`."""
         return await self._call("GET", replica, "/v1/is_paused", timeout_s=timeout_s)
 
-    async def reject(self, replica: Replica, *, timeout_s: float | None = None) -> dict[str, Any]:
-        """Close admission only (pause stage one); nothing is aborted."""
-        return await self._call(
-            "POST", replica, "/v1/pause", {"stage": "reject"}, timeout_s=timeout_s
-        )
+    async def reject(
+        self,
+        replica: Replica,
+        *,
+        timeout_s: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Close admission only (pause stage one); nothing is aborted.
+
+        `extra` (mode, admission) goes along so `admission: queue` holds arrivals from stage one."""
+        body = {**(extra or {}), "stage": "reject"}
+        return await self._call("POST", replica, "/v1/pause", body, timeout_s=timeout_s)
 
     async def pause(
         self, replica: Replica, *, drain_timeout_s: float, extra: Mapping[str, Any] | None = None
@@ -139,13 +146,16 @@ class ReplicaClient:
         return await self._call("POST", replica, "/v1/resume", {}, timeout_s=timeout_s)
 
     async def update_weights(
-        self, replica: Replica, *, version: str, path: str, timeout_s: float
+        self,
+        replica: Replica,
+        *,
+        version: str,
+        path: str,
+        timeout_s: float,
+        digest: str | None = None,
     ) -> dict[str, Any]:
-        """Load a checkpoint (409 unless paused; 400 for a bad checkpoint)."""
-        return await self._call(
-            "POST",
-            replica,
-            "/v1/update_weights",
-            {"path": path, "version": version},
-            timeout_s=timeout_s,
-        )
+        """Load a checkpoint (409 unless paused; 400 for a bad checkpoint or a digest mismatch)."""
+        body = {"path": path, "version": version}
+        if digest:
+            body["digest"] = digest
+        return await self._call("POST", replica, "/v1/update_weights", body, timeout_s=timeout_s)

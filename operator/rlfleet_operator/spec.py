@@ -22,14 +22,15 @@ RESERVED_ARGS = frozenset(
 class Weights:
     version: str
     path: str
+    digest: str | None = None  # sha256 the engine verifies the checkpoint against
 
 
 @dataclass(frozen=True)
 class PauseSpec:
     timeout_s: float = DEFAULT_PAUSE_TIMEOUT_S
     max_parallel: int = DEFAULT_MAX_PARALLEL
-    # Room for issue 8: mode ("abort" | "retract" | "keep") and admission ("reject" | "queue")
-    # pass through to every replica's /v1/pause body once the engine supports them.
+    # mode ("abort" | "retract" | "keep") and admission ("reject" | "queue"): passed through
+    # to every replica's /v1/pause body, both stages.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -79,7 +80,9 @@ class PoolSpec:
             node_selector=dict(spec.get("nodeSelector") or {}),
             image_pull_policy=spec.get("imagePullPolicy") or None,
             paused=bool(spec.get("paused", False)),
-            weights=Weights(str(weights["version"]), str(weights["path"]))
+            weights=Weights(
+                str(weights["version"]), str(weights["path"]), weights.get("digest") or None
+            )
             if weights and weights.get("version")
             else None,
             pause=PauseSpec(

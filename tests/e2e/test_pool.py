@@ -696,3 +696,60 @@ def test_kubectl_plugin_pause_wait_and_resume(fleet: Fleet, pools: list[str]) ->
     # A pool that does not exist: an error, not a hang.
     res = plugin(fleet.cluster, *ns, "pause", "no-such-pool", "--wait", "--timeout", "5")
     assert res.returncode != 0
+
+
+# -- 11. the RL loop: retract, a digest-checked weight transaction, resume ---------------------------
+
+
+def test_rl_loop_retract_pause_sync_resume_loses_no_stream(
+    fleet: Fleet, pools: list[str], checkpoint: Path
+) -> None:
+    """spec.pause.mode retract: streams cut by the pause continue after the sync, none aborted or lost."""
+    from engine_pod.model.digest import verify_checkpoint
+
+    name, reps = create_ready(
+        fleet,
+        pools,
+        "rl",
+        3,
+        engine_args={**SYNTHETIC, "synthetic-step-ms": 20},
+        pause_mode="retract",
+    )
+    headers = auth(fleet, name)
+    load = StreamingLoad(reps, clients_per_replica=3, max_tokens=60).start()
+    load.wait_streaming(min_tokens_per_replica=10)
+    fleet.patch(name, {"paused": True})
+    wait_paused(fleet, name)
+    last = status(fleet, name)["lastPause"]
+    assert last["abortedRequests"] == 0, on_failure(fleet, name)
+    for rep in reps:
+        st = engine_state(rep, headers)
+        assert st["is_paused"] and st["mode"] == "retract"
+        assert engine_stats(rep, headers)["kv_used_blocks"] == 0
+
+    digest = verify_checkpoint(str(checkpoint))
+    wrong = "0" * 64
+    fleet.patch(name, {"weights": {"version": "step-1", "path": str(checkpoint), "digest": wrong}})
+    wait_until(
+        lambda: cond(status(fleet, name), "WeightsSynced").get("reason") == "SyncFailed",
+        timeout=120,
+        what="WeightsSynced=False (SyncFailed) for a digest mismatch",
+    )
+    assert all(engine_state(r, headers)["weights_version"] != "step-1" for r in reps)
+    fleet.patch(name, {"weights": {"version": "step-1", "path": str(checkpoint), "digest": digest}})
+    wait_synced(fleet, name)
+    for rep in reps:
+        st = engine_state(rep, headers)
+        assert (st["weights_version"], st["weights_digest"]) == ("step-1", digest)
+
+    fleet.patch(name, {"paused": False})
+    wait_resumed(fleet, name)
+    report = load.stop()
+    by = report.by_outcome()
+    assert by["aborted"] == 0 and by["failed"] == 0, [
+        r.detail for r in report.records if r.outcome == "failed"
+    ]
+    done = [r for r in report.records if r.outcome == "completed"]
+    assert done and all(
+        r.tokens == 60 for r in done
+    )  # every stream got all its tokens, across the sync
