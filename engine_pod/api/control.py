@@ -72,16 +72,22 @@ def build_control_router(
         return result if isinstance(result, Response) else JSONResponse(result)
 
     @router.get("/v1/is_paused", dependencies=auth)
-    async def is_paused() -> dict:
-        return {
-            "is_paused": client.state == "paused",
-            "state": client.state,
-            "weights_version": client.weights_version,
-            "weights_digest": client.weights_digest,
-            "mode": client.pause_mode,
-            "admission": client.admission,
-            "loading_weights": client.loading,
-        }
+    async def is_paused() -> Response:
+        if not client.alive or not client.ready.is_set():  # no state before the engine is up
+            return error_response(
+                503, "engine_unavailable", client.fatal or "engine is starting", retry_after=1
+            )
+        return JSONResponse(
+            {
+                "is_paused": client.state == "paused",
+                "state": client.state,
+                "weights_version": client.weights_version,
+                "weights_digest": client.weights_digest,
+                "mode": client.pause_mode,
+                "admission": client.admission,
+                "loading_weights": client.loading,
+            }
+        )
 
     @router.post("/v1/abort_requests", dependencies=auth)
     async def abort_requests(request: Request) -> Response:

@@ -255,3 +255,26 @@ def test_health_ready_metrics(running):
         "rlfleet_weights_info",
     ):
         assert name in text, name
+
+
+def test_is_paused_is_503_until_the_engine_is_up(tmp_path):
+    """Before the engine process has loaded, there is no state to report: 503, never a guess."""
+    from engine_pod.launcher import EnginePod
+
+    pod = EnginePod("--runner", "synthetic", "--start-paused", log_path=tmp_path / "e.log").start()
+    try:
+        seen = set()
+        for _ in range(600):
+            try:
+                r = httpx.get(pod.url + "/v1/is_paused", timeout=2)
+            except httpx.HTTPError:
+                asyncio.run(asyncio.sleep(0.01))
+                continue
+            seen.add(r.status_code)
+            if r.status_code == 200:
+                assert r.json()["is_paused"] is True and r.json()["state"] == "paused"
+                break
+            assert r.status_code == 503 and r.json()["error"]["type"] == "engine_unavailable"
+        assert 200 in seen
+    finally:
+        pod.stop()
