@@ -6,10 +6,12 @@ For each N: an InferencePool of N light replicas (`runner: synthetic`: the real
 API server, ZMQ channel, scheduler, block manager and pause state machine,
 with the model runner swapped), one streaming client per replica, then:
 `kubectl patch` paused=true → condition Paused=True; paused=false → Paused=False
-(times seen by polling the API every 20 ms). Then, in the same run over the same
-replicas, a plain sequential loop of `POST /v1/pause` (reject + full pause per
-replica, one after another) and `POST /v1/resume`: the ratio of the operator's
-concurrent fan-out to that loop is the figure.
+(times seen by polling the API every 20 ms). Then, in the same run, over the same
+replicas under the same load, a plain sequential loop of `POST /v1/pause` (reject
++ full pause per replica, one after another) and `POST /v1/resume`: the ratio of
+that loop to the operator's concurrent fan-out is the figure. Each replica
+simulates a decode step of `--step-ms`, so every pause waits for a step in
+flight, as on a real GPU fleet.
 """
 
 from __future__ import annotations
@@ -61,15 +63,18 @@ def sequential_loop(replicas, token: str) -> tuple[float, float]:
     return pause_s, resume_s
 
 
-def measure(fleet: Fleet, n: int) -> dict:
+def measure(fleet: Fleet, n: int, step_ms: float) -> dict:
     name = f"fleet-{n}"
     with console.status(f"[cyan]starting a pool of {n} light replicas…"):
         t0 = time.monotonic()
-        fleet.create_pool(name, n, engine_args={"runner": "synthetic", "synthetic-step-ms": 5})
+        fleet.create_pool(
+            name, n, engine_args={"runner": "synthetic", "synthetic-step-ms": step_ms}
+        )
         reps = fleet.wait_replicas_ready(name, n, timeout=600)
         startup_s = time.monotonic() - t0
     api = fleet.cluster.api()
     try:
+        # 1. the operator: kubectl patch → Paused=True, under one stream per replica
         load = StreamingLoad(reps, clients_per_replica=1, max_tokens=900).start()
         load.wait_streaming(min_tokens_per_replica=3)
         t_patch = fleet.patch(name, {"paused": True})
@@ -78,12 +83,17 @@ def measure(fleet: Fleet, n: int) -> dict:
         last = fleet.get(name)["status"]["lastPause"]
         t_patch2 = fleet.patch(name, {"paused": False})
         t_resumed = wait_condition(api, name, "Paused", "False")
+        # 2. the same replicas under the same load, paused by a plain sequential loop
+        load2 = StreamingLoad(reps, clients_per_replica=1, max_tokens=900).start()
+        load2.wait_streaming(min_tokens_per_replica=3)
         seq_pause_s, seq_resume_s = sequential_loop(reps, fleet.control_token(name))
+        load2.stop()
     finally:
         api.close()
     by = report.by_outcome()
     row = {
         "replicas": n,
+        "synthetic_step_ms": step_ms,
         "startup_s": startup_s,
         "patch_to_paused_s": t_paused - t_patch,
         "operator_fanout_s": last.get("durationSeconds"),
@@ -96,9 +106,8 @@ def measure(fleet: Fleet, n: int) -> dict:
         "client_aborted_tokens": report.tokens("aborted"),
         "failed_requests": by["failed"],
     }
-    row["sequential_over_fanout"] = (
-        seq_pause_s / row["operator_fanout_s"] if row["operator_fanout_s"] else None
-    )
+    fanout = row["operator_fanout_s"]
+    row["sequential_over_fanout"] = seq_pause_s / fanout if fanout else None
     with console.status(f"[cyan]deleting the {n}-replica pool…"):
         fleet.delete_pool(name)
     return row
@@ -110,6 +119,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--quick", action="store_true", help="N = 1, 4, 16")
     ap.add_argument("--sizes", default=None, help="comma-separated replica counts")
+    ap.add_argument(
+        "--step-ms",
+        type=float,
+        default=50.0,
+        help="simulated decode step of the light replicas: a pause waits for the step in flight",
+    )
     args = ap.parse_args(argv)
     sizes = (
         [int(x) for x in args.sizes.split(",")]
@@ -125,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
             fleet = Fleet(cluster)
             fleet.install_operator(resync_seconds=2)
             for n in sizes:
-                rows.append(measure(fleet, n))
+                rows.append(measure(fleet, n, args.step_ms))
                 r = rows[-1]
                 console.print(
                     f"N={n}: patch→Paused {r['patch_to_paused_s']:.3f}s, fan-out {r['operator_fanout_s']:.3f}s, sequential {r['sequential_pause_s']:.3f}s"
