@@ -753,3 +753,12 @@ def test_rl_loop_retract_pause_sync_resume_loses_no_stream(
     assert done and all(
         r.tokens == 60 for r in done
     )  # every stream got all its tokens, across the sync
+
+
+# -- 12. helm test ----------------------------------------------------------------------------------
+
+
+def test_helm_test_hook_passes(fleet: Fleet) -> None:
+    """`helm test` runs the chart's test pod (as the operator's ServiceAccount): the CRD is established."""
+    res = fleet.cluster.helm("test", "rlfleet", "-n", OPERATOR_NAMESPACE, "--timeout", "120s")
+    assert "Succeeded" in res.stdout, res.stdout
