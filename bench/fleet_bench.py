@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--step-ms",
         type=float,
-        default=50.0,
-        help="simulated decode step of the light replicas: a pause waits for the step in flight",
+        default=200.0,
+        help="simulated decode step of the light replicas (a large model under load): a pause waits for the step in flight",
     )
     args = ap.parse_args(argv)
     sizes = (
