@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
-import random
 import sys
 import tempfile
 import time
@@ -29,13 +27,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import paddle
 
-from engine_pod.model.base import SamplingParams, SeqWork
+from engine_pod.model.drive import run_paged
 from engine_pod.model.loader import load_checkpoint
 from engine_pod.model.paddle_runner import PaddleModelRunner
 from engine_pod.model.reference import reference_greedy
 from engine_pod.model.tiny import ensure_tiny_model
 
-GREEDY = SamplingParams(temperature=0.0)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -44,40 +41,6 @@ def set_tf32(on: bool) -> None:
         paddle.base.core.set_cublas_switch(on)
     except AttributeError:
         pass
-
-
-def run_paged(runner: PaddleModelRunner, prompts: list[list[int]], n_new: int, block_size: int = 4,
-              chunk: int | None = None, stagger: int = 0, rng_seed: int = 0) -> list[list[int]]:  # fmt: skip
-    """The engine's way of driving a runner (as tests/engine/test_model.py's run_paged)."""
-    rng = random.Random(rng_seed)
-    need = [math.ceil((len(p) + n_new) / block_size) for p in prompts]
-    num_blocks = sum(need) + 5
-    runner.allocate_kv_cache(num_blocks, block_size)
-    free = list(range(num_blocks))
-    rng.shuffle(free)
-    tables = [[free.pop() for _ in range(n)] for n in need]
-    tokens = [list(p) for p in prompts]
-    computed = [0] * len(prompts)
-    outs: list[list[int]] = [[] for _ in prompts]
-    step = 0
-    while any(len(o) < n_new for o in outs):
-        batch, takes = [], {}
-        for i in range(len(prompts)):
-            if step < i * stagger or len(outs[i]) >= n_new:
-                continue
-            take = tokens[i][computed[i] :][: chunk or None]
-            last = computed[i] + len(take) == len(tokens[i])
-            batch.append(SeqWork(f"r{i}", take, computed[i], tables[i], last, GREEDY, len(outs[i])))
-            takes[i] = len(take)
-        rng.shuffle(batch)
-        res = runner.execute(batch)
-        for i, n in takes.items():
-            computed[i] += n
-            if f"r{i}" in res:
-                tokens[i].append(res[f"r{i}"])
-                outs[i].append(res[f"r{i}"])
-        step += 1
-    return outs
 
 
 def agreement(got: list[list[int]], want: list[list[int]]) -> dict:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import math
-import random
 from pathlib import Path
 
 import pytest
 
-from engine_pod.model.base import CheckpointError, SamplingParams, SeqWork
+from engine_pod.model.base import CheckpointError, SeqWork
+from engine_pod.model.drive import run_paged
 from engine_pod.model.loader import load_checkpoint
 from engine_pod.model.paddle_runner import PaddleModelRunner
 from engine_pod.model.random_model import make_random_model
 from engine_pod.model.reference import reference_greedy
 from engine_pod.model.tiny import ensure_tiny_model
 
-GREEDY = SamplingParams(temperature=0.0)
 N_NEW = 32
 
 
@@ -37,49 +35,6 @@ def llama_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def runner(tiny_dir: str) -> PaddleModelRunner:
     return PaddleModelRunner(tiny_dir)
-
-
-def run_paged(
-    runner: PaddleModelRunner,
-    prompts: list[list[int]],
-    n_new: int = N_NEW,
-    block_size: int = 4,
-    chunk: int | None = None,
-    stagger: int = 0,
-    rng_seed: int = 0,
-) -> list[list[int]]:
-    """Drive the runner like an engine: chunked prefill, decode, staggered arrivals, shuffled
-    non-contiguous block tables and shuffled batch order. Returns each prompt's new tokens."""
-    rng = random.Random(rng_seed)
-    need = [math.ceil((len(p) + n_new) / block_size) for p in prompts]
-    num_blocks = sum(need) + 5
-    runner.allocate_kv_cache(num_blocks, block_size)
-    free = list(range(num_blocks))
-    rng.shuffle(free)
-    tables = [[free.pop() for _ in range(n)] for n in need]
-    tokens = [list(p) for p in prompts]
-    computed = [0] * len(prompts)
-    outs: list[list[int]] = [[] for _ in prompts]
-    step = 0
-    while any(len(o) < n_new for o in outs):
-        batch, takes = [], {}
-        for i in range(len(prompts)):
-            if step < i * stagger or len(outs[i]) >= n_new:
-                continue
-            take = tokens[i][computed[i] :][: chunk or None]
-            last = computed[i] + len(take) == len(tokens[i])
-            batch.append(SeqWork(f"r{i}", take, computed[i], tables[i], last, GREEDY, len(outs[i])))
-            takes[i] = len(take)
-        rng.shuffle(batch)
-        res = runner.execute(batch)
-        assert set(res) == {w.request_id for w in batch if w.sample}
-        for i, n in takes.items():
-            computed[i] += n
-            if f"r{i}" in res:
-                tokens[i].append(res[f"r{i}"])
-                outs[i].append(res[f"r{i}"])
-        step += 1
-    return outs
 
 
 def prompts_for(runner: PaddleModelRunner) -> list[list[int]]:
