@@ -19,7 +19,7 @@ GREEDY = SamplingParams(temperature=0.0)
 def run_paged(
     runner: ModelRunner,
     prompts: list[list[int]],
-    n_new: int,
+    n_new: int = 32,
     block_size: int = 4,
     chunk: int | None = None,
     stagger: int = 0,
