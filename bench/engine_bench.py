@@ -22,10 +22,9 @@ REFERENCE_PAUSE_S = 0.342  # the design this comes from: 8 running + 12 waiting
 
 
 async def _stream(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int) -> dict:
+    """One streaming greedy completion; counts the token ids the client received."""
     t0 = time.perf_counter()
-    ttft = None
-    tokens = 0
-    finish = None
+    ttft, tokens, finish, status = None, 0, None, None
     body = {
         "prompt": prompt,
         "max_tokens": max_tokens,
@@ -33,24 +32,30 @@ async def _stream(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: 
         "temperature": 0,
         "ignore_eos": True,
     }
-    async with client.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            ch = json.loads(line[6:])["choices"][0]
-            if ch["token_ids"] and ttft is None:
-                ttft = time.perf_counter() - t0
-            tokens += len(ch["token_ids"])
-            finish = ch["finish_reason"] or finish
-    return {"tokens": tokens, "ttft": ttft, "finish": finish, "latency": time.perf_counter() - t0}
-
-
-async def _stats(client: httpx.AsyncClient, url: str) -> dict:
-    return (await client.get(url + "/v1/stats")).json()
+    try:
+        async with client.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
+            status = r.status_code
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                ch = json.loads(line[6:])["choices"][0]
+                if ch.get("token_ids") and ttft is None:
+                    ttft = time.perf_counter() - t0
+                tokens += len(ch.get("token_ids") or ())
+                finish = ch.get("finish_reason") or finish
+    except httpx.HTTPError as e:
+        finish = f"error: {type(e).__name__}: {e}"
+    return {
+        "status": status,
+        "tokens": tokens,
+        "finish": finish,
+        "ttft": ttft,
+        "latency": time.perf_counter() - t0,
+    }
 
 
 def _load_worker(url: str, n: int, max_tokens: int, conn) -> None:
-    """Child process: n streaming clients; sends their results back when all end."""
+    """Child process: n streaming clients; sends their results back when all have ended."""
 
     async def run() -> list[dict]:
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=n + 8)) as c:
@@ -61,8 +66,41 @@ def _load_worker(url: str, n: int, max_tokens: int, conn) -> None:
     conn.send(asyncio.run(run()))
 
 
+async def _stats(c: httpx.AsyncClient, url: str) -> dict:
+    return (await c.get(url + "/v1/stats", timeout=30)).json()
+
+
+async def decode_step_time(url: str, batch: int, max_tokens: int) -> dict:
+    """Seconds per engine step with `batch` sequences decoding (engine step counter, 1 s window).
+
+    `max_tokens` must be large enough that a fast GPU does not finish them before the window ends."""
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=batch + 4)) as c:
+        tasks = [
+            asyncio.create_task(_stream(c, url, f"step {i}", max_tokens)) for i in range(batch)
+        ]
+        for _ in range(1000):  # until all are decoding
+            await asyncio.sleep(0.02)
+            s = await _stats(c, url)
+            if s["running"] == batch and s["tokens_generated"] >= batch:
+                break
+        await asyncio.sleep(0.2)
+        s0, t0 = await _stats(c, url), time.perf_counter()
+        await asyncio.sleep(1.0)
+        s1, t1 = await _stats(c, url), time.perf_counter()
+        await c.post(url + "/v1/abort_requests", json={"abort_all": True})
+        res = await asyncio.gather(*tasks)
+    steps = s1["steps"] - s0["steps"]
+    return {
+        "decode_step_s": (t1 - t0) / max(1, steps),
+        "steps_in_window": steps,
+        "running_in_window": s1["running"],
+        "tokens_per_s": (s1["tokens_generated"] - s0["tokens_generated"]) / (t1 - t0),
+        "max_tokens_seen": max(x["tokens"] for x in res),
+    }
+
+
 async def pause_under_load(url: str, running: int, waiting: int, max_tokens: int) -> dict:
-    """R running + W waiting streams (from another process, as in production); pause once they stream."""
+    """R running + W waiting streams from another process (as in production); pause once they stream."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -71,23 +109,31 @@ async def pause_under_load(url: str, running: int, waiting: int, max_tokens: int
         await c.post(url + "/v1/resume")
         worker = ctx.Process(target=_load_worker, args=(url, running + waiting, max_tokens, child))
         worker.start()
+        before = None
         for _ in range(3000):
             await asyncio.sleep(0.02)
-            s = await _stats(c, url)
-            if s["running"] == running and s["waiting"] == waiting and s["tokens_generated"] > 0:
+            before = await _stats(c, url)
+            if (
+                before["running"] == running
+                and before["waiting"] == waiting
+                and before["tokens_generated"] > 0
+            ):
                 break
         await asyncio.sleep(0.2)
         t0 = time.perf_counter()
-        r = (await c.post(url + "/v1/pause", json={}, timeout=120)).json()
+        resp = await c.post(url + "/v1/pause", json={}, timeout=120)
         wall = time.perf_counter() - t0
+        r = resp.json()
         results = await asyncio.to_thread(parent.recv)
         worker.join()
         after = await _stats(c, url)
-        await c.post(url + "/v1/resume")
     client_tokens = sum(x["tokens"] for x in results)
     return {
         "running": running,
         "waiting": waiting,
+        "max_tokens": max_tokens,
+        "load_seen": {k: before.get(k) for k in ("running", "waiting", "tokens_generated")},
+        "pause_http_status": resp.status_code,
         "pause_s": wall,
         "engine_duration_s": r["duration_s"],
         "phases": r.get("phases"),
@@ -95,25 +141,20 @@ async def pause_under_load(url: str, running: int, waiting: int, max_tokens: int
         "partial_tokens": r["partial_tokens"],
         "client_tokens": client_tokens,
         "tokens_match": client_tokens == r["partial_tokens"],
+        "statuses": sorted({x["status"] for x in results}, key=str),
+        "all_200": all(x["status"] == 200 for x in results),
+        "finishes": sorted({str(x["finish"]) for x in results}),
         "all_abort": all(x["finish"] == "abort" for x in results),
+        "client_tokens_each": [x["tokens"] for x in results],
         "freed_blocks": r["freed_blocks"],
         "total_blocks": r["total_blocks"],
         "kv_used_after": after["kv_used_blocks"],
+        "stats_after": {
+            k: after.get(k)
+            for k in ("state", "running", "waiting", "kv_used_blocks", "kv_cached_blocks")
+        },
         "forced": r["forced"],
     }
-
-
-async def decode_step_time(url: str, batch: int) -> float:
-    """Mean seconds per engine step with `batch` decoding sequences (from the engine's step counter)."""
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=batch + 4)) as c:
-        tasks = [asyncio.create_task(_stream(c, url, f"step {i}", 200)) for i in range(batch)]
-        await asyncio.sleep(1.0)
-        s0, t0 = await _stats(c, url), time.perf_counter()
-        await asyncio.sleep(1.5)
-        s1, t1 = await _stats(c, url), time.perf_counter()
-        await c.post(url + "/v1/abort_requests", json={"abort_all": True})
-        await asyncio.gather(*tasks)
-    return (t1 - t0) / max(1, s1["steps"] - s0["steps"])
 
 
 async def throughput(url: str, concurrency: int, max_tokens: int, max_sequential: int = 8) -> dict:
@@ -217,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for running, waiting, max_tokens, flags in setups:
         with EnginePod(*flags, *extra) as pod:
-            step = asyncio.run(decode_step_time(pod.url, running))
+            step = asyncio.run(decode_step_time(pod.url, running, 200))["decode_step_s"]
             p = asyncio.run(pause_under_load(pod.url, running, waiting, max_tokens))
             p["decode_step_s"] = step
             p["target_s"] = step + 0.05

@@ -44,16 +44,30 @@ def cat_seconds(d: Path) -> float:
 
 def measure(name: str, root: Path) -> dict:
     hidden, layers, heads, kv, inter, vocab, tied = SHAPES[name]
-    kw = dict(hidden=hidden, layers=layers, heads=heads, kv_heads=kv, intermediate=inter, vocab=vocab, tie_word_embeddings=tied)
+    kw = dict(
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv,
+        intermediate=inter,
+        vocab=vocab,
+        tie_word_embeddings=tied,
+    )
     with console.status(f"[cyan]writing two {name} checkpoints…"):
         serving = Path(make_random_model(str(root / f"{name}-a"), seed=1, **kw))
         new = Path(make_random_model(str(root / f"{name}-b"), seed=2, **kw))
     size = dir_bytes(new)
-    with EnginePod("--model", str(serving), "--max-model-len", "256", "--num-kv-blocks", "16") as pod:
+    with EnginePod(
+        "--model", str(serving), "--max-model-len", "256", "--num-kv-blocks", "16"
+    ) as pod:
         httpx.post(pod.url + "/v1/pause", json={}, timeout=60).raise_for_status()
         cat_s = min(cat_seconds(new) for _ in range(2))
         t0 = time.perf_counter()
-        r = httpx.post(pod.url + "/v1/update_weights", json={"path": str(new), "version": f"{name}-b"}, timeout=1800)
+        r = httpx.post(
+            pod.url + "/v1/update_weights",
+            json={"path": str(new), "version": f"{name}-b"},
+            timeout=1800,
+        )
         update_s = time.perf_counter() - t0
         r.raise_for_status()
         body = r.json()
@@ -71,7 +85,9 @@ def measure(name: str, root: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="only the 50 MB and 500 MB checkpoints")
     args = ap.parse_args(argv)
     sizes = ["50MB", "500MB"] if args.quick else list(SHAPES)
@@ -81,7 +97,18 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(
         "update_weights vs reading the files (page cache warm for both)",
         ["size", "MB", "update (s)", "GB/s", "cat (s)", "cat GB/s", "update / cat"],
-        [[r["size"], r["bytes"] / 1e6, r["update_s"], r["update_gb_per_s"], r["cat_s"], r["cat_gb_per_s"], r["ratio_to_read_limit"]] for r in rows],
+        [
+            [
+                r["size"],
+                r["bytes"] / 1e6,
+                r["update_s"],
+                r["update_gb_per_s"],
+                r["cat_s"],
+                r["cat_gb_per_s"],
+                r["ratio_to_read_limit"],
+            ]
+            for r in rows
+        ],
     )
     out = {"results": rows}
     write_result("weights", out)
