@@ -51,6 +51,8 @@ class ReplicaView:
     live: bool  # Running, has an IP, not terminating: can be talked to
     state: str
     weights_version: str | None = None
+    weights_digest: str | None = None  # sha256 of the checkpoint the engine serves
+    pause_mode: str | None = None  # abort | retract | keep, while paused
     message: str = ""
     reachable: bool = False
     stuck: bool = False  # a reason in STUCK_REASONS
@@ -65,6 +67,10 @@ class ReplicaView:
             out["ip"] = self.ip
         if self.weights_version is not None:
             out["weightsVersion"] = self.weights_version
+        if self.weights_digest:
+            out["weightsDigest"] = self.weights_digest
+        if self.pause_mode:
+            out["pauseMode"] = self.pause_mode
         if self.message:
             out["message"] = self.message[:500]
         return out
@@ -157,6 +163,8 @@ def apply_probe(view: ReplicaView, ok: bool, data: Mapping[str, Any], error: str
         )
         version = data.get("weights_version")
         view.weights_version = str(version) if version else None
+        view.weights_digest = str(data.get("weights_digest") or "") or None
+        view.pause_mode = str(data.get("mode") or "") or None
         view.message = ""
         view.stuck = False
     else:

@@ -198,7 +198,13 @@ def build_status(
     )
     if version is not None:
         status["weightsVersion"] = version
-    elif spec.weights is not None and not views:
+    digests = {v.weights_digest for v in reachable}
+    digest = digests.pop() if len(digests) == 1 else None
+    if digest:
+        status["weightsDigest"] = digest  # one digest across the pool
+    elif status.get("weightsDigest"):
+        status["weightsDigest"] = None  # replicas disagree now: null clears it in the merge patch
+    if version is None and spec.weights is not None and not views:
         status["weightsVersion"] = (
             spec.weights.version if spec.paused else status.get("weightsVersion", "")
         )

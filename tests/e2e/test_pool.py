@@ -741,6 +741,13 @@ def test_rl_loop_retract_pause_sync_resume_loses_no_stream(
     for rep in reps:
         st = engine_state(rep, headers)
         assert (st["weights_version"], st["weights_digest"]) == ("step-1", digest)
+    wait_until(
+        lambda: status(fleet, name).get("weightsDigest") == digest,
+        timeout=60,
+        what="status.weightsDigest: one digest across the pool",
+    )
+    for row in rows(status(fleet, name)).values():
+        assert (row["weightsDigest"], row["pauseMode"]) == (digest, "retract"), row
 
     fleet.patch(name, {"paused": False})
     wait_resumed(fleet, name)

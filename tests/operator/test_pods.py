@@ -80,3 +80,24 @@ def test_engine_process_not_up_behind_its_api_server_is_starting() -> None:
     view = view_of_pod(engine_pod(started=True))
     apply_probe(view, True, {"is_paused": False, "state": "starting", "weights_version": ""}, None)
     assert (view.state, view.reachable, view.weights_version) == ("Starting", False, None)
+
+
+def test_probe_answer_carries_digest_and_pause_mode_into_status():
+    from rlfleet_operator.pods import ReplicaView, apply_probe
+
+    view = ReplicaView(pod="p-0", ip="127.0.0.9", ready=True, live=True, state="Running")
+    apply_probe(
+        view,
+        True,
+        {
+            "is_paused": True,
+            "state": "paused",
+            "weights_version": "v2",
+            "weights_digest": "ab" * 32,
+            "mode": "retract",
+        },
+        None,
+    )
+    out = view.to_status()
+    assert out["state"] == "Paused" and out["weightsVersion"] == "v2"
+    assert out["weightsDigest"] == "ab" * 32 and out["pauseMode"] == "retract"
