@@ -26,7 +26,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from engine_pod.model.hf_config import ModelConfig, rope_cos_sin
 from engine_pod.model.loader import load_checkpoint
 from engine_pod.model.random_model import make_random_model
-from engine_pod.model.reference import reference_greedy
+from engine_pod.model.reference import (
+    attention_out_and_mlp,
+    reference_greedy,
+    rms_norm,
+    rotate_half,
+)
 
 # the Qwen2-0.5B shape (random weights): hidden, layers, heads, kv heads, intermediate, vocab
 QWEN05B = dict(hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab=151936)
@@ -46,15 +51,6 @@ def make_05b(out_dir: str, dtype: str = "bfloat16", seed: int = 0) -> str:
     q = QWEN05B
     return make_random_model(out_dir, q["hidden"], q["layers"], q["heads"], q["kv_heads"],
                              q["intermediate"], q["vocab"], dtype, seed=seed)  # fmt: skip
-
-
-def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
-
-
-def _rot(x: np.ndarray) -> np.ndarray:
-    half = x.shape[-1] // 2
-    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
 def cached_greedy(
@@ -80,15 +76,15 @@ def cached_greedy(
         x = g["model.embed_tokens.weight"][ids]
         for li in range(nl):
             p = f"model.layers.{li}."
-            h = _rms(x, g[p + "input_layernorm.weight"], cfg.rms_norm_eps)
+            h = rms_norm(x, g[p + "input_layernorm.weight"], cfg.rms_norm_eps)
             proj = {}
             for name in "qkv":
                 y = h @ g[p + f"self_attn.{name}_proj.weight"].T
                 if cfg.qkv_bias:
                     y = y + g[p + f"self_attn.{name}_proj.bias"]
                 proj[name] = y.reshape(len(ids), -1, d)
-            q = proj["q"] * cos + _rot(proj["q"]) * sin
-            k = proj["k"] * cos + _rot(proj["k"]) * sin
+            q = proj["q"] * cos + rotate_half(proj["q"]) * sin
+            k = proj["k"] * cos + rotate_half(proj["k"]) * sin
             v = proj["v"]
             attn = np.empty((len(ids), hq * d))
             for s, r0, n, p0 in spans:
@@ -103,16 +99,9 @@ def cached_greedy(
                 sc = np.exp(sc - sc.max(-1, keepdims=True))
                 pr = sc / sc.sum(-1, keepdims=True)
                 attn[r0 : r0 + n] = np.einsum("hqk,khd->qhd", pr, vv).reshape(n, hq * d)
-            o = attn @ g[p + "self_attn.o_proj.weight"].T
-            if cfg.o_bias:
-                o = o + g[p + "self_attn.o_proj.bias"]
-            x = x + o
-            h = _rms(x, g[p + "post_attention_layernorm.weight"], cfg.rms_norm_eps)
-            gate = h @ g[p + "mlp.gate_proj.weight"].T
-            up = h @ g[p + "mlp.up_proj.weight"].T
-            x = x + (gate / (1.0 + np.exp(-gate)) * up) @ g[p + "mlp.down_proj.weight"].T
+            x = attention_out_and_mlp(cfg, g, p, x, attn)
         last = np.asarray([r0 + n - 1 for _, r0, n, _ in spans])
-        return _rms(x[last], g["model.norm.weight"], cfg.rms_norm_eps) @ head.T
+        return rms_norm(x[last], g["model.norm.weight"], cfg.rms_norm_eps) @ head.T
 
     outs: list[list[int]] = [[] for _ in prompts]
     for s, pr in enumerate(prompts):  # prefill one prompt at a time

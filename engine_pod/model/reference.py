@@ -13,13 +13,27 @@ from engine_pod.model.hf_config import ModelConfig, rope_cos_sin
 from engine_pod.model.loader import load_checkpoint
 
 
-def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def _rotate_half(x: np.ndarray) -> np.ndarray:
+def rotate_half(x: np.ndarray) -> np.ndarray:
     half = x.shape[-1] // 2
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def attention_out_and_mlp(
+    cfg: ModelConfig, g: dict[str, np.ndarray], p: str, x: np.ndarray, attn: np.ndarray
+) -> np.ndarray:
+    """The rest of decoder layer `p` after attention: o_proj + residual, RMSNorm, SwiGLU + residual."""
+    o = attn @ g[p + "self_attn.o_proj.weight"].T
+    if cfg.o_bias:
+        o = o + g[p + "self_attn.o_proj.bias"]
+    x = x + o
+    h = rms_norm(x, g[p + "post_attention_layernorm.weight"], cfg.rms_norm_eps)
+    gate = h @ g[p + "mlp.gate_proj.weight"].T
+    up = h @ g[p + "mlp.up_proj.weight"].T
+    return x + (gate / (1.0 + np.exp(-gate)) * up) @ g[p + "mlp.down_proj.weight"].T
 
 
 def reference_forward(cfg: ModelConfig, w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
@@ -32,15 +46,15 @@ def reference_forward(cfg: ModelConfig, w: dict[str, np.ndarray], ids: list[int]
     causal = np.triu(np.full((n, n), -np.inf), k=1)
     for layer in range(cfg.num_layers):
         p = f"model.layers.{layer}."
-        h = _rms_norm(x, g[p + "input_layernorm.weight"], cfg.rms_norm_eps)
+        h = rms_norm(x, g[p + "input_layernorm.weight"], cfg.rms_norm_eps)
         proj = {}
         for name in ("q", "k", "v"):
             y = h @ g[p + f"self_attn.{name}_proj.weight"].T
             if cfg.qkv_bias:
                 y = y + g[p + f"self_attn.{name}_proj.bias"]
             proj[name] = y.reshape(n, -1, d)
-        q = proj["q"] * cos + _rotate_half(proj["q"]) * sin
-        k = proj["k"] * cos + _rotate_half(proj["k"]) * sin
+        q = proj["q"] * cos + rotate_half(proj["q"]) * sin
+        k = proj["k"] * cos + rotate_half(proj["k"]) * sin
         v = proj["v"]
         rep = hq // hkv
         k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)  # head i uses kv head i // rep
@@ -48,15 +62,8 @@ def reference_forward(cfg: ModelConfig, w: dict[str, np.ndarray], ids: list[int]
         scores = np.exp(scores - scores.max(-1, keepdims=True))
         probs = scores / scores.sum(-1, keepdims=True)
         attn = np.einsum("hqk,khd->qhd", probs, v).reshape(n, hq * d)
-        o = attn @ g[p + "self_attn.o_proj.weight"].T
-        if cfg.o_bias:
-            o = o + g[p + "self_attn.o_proj.bias"]
-        x = x + o
-        h = _rms_norm(x, g[p + "post_attention_layernorm.weight"], cfg.rms_norm_eps)
-        gate = h @ g[p + "mlp.gate_proj.weight"].T
-        up = h @ g[p + "mlp.up_proj.weight"].T
-        x = x + (gate / (1.0 + np.exp(-gate)) * up) @ g[p + "mlp.down_proj.weight"].T
-    x = _rms_norm(x, g["model.norm.weight"], cfg.rms_norm_eps)
+        x = attention_out_and_mlp(cfg, g, p, x, attn)
+    x = rms_norm(x, g["model.norm.weight"], cfg.rms_norm_eps)
     head = g["model.embed_tokens.weight"] if cfg.tie_word_embeddings else g["lm_head.weight"]
     return x @ head.T
 
