@@ -83,8 +83,11 @@ def build_control_router(
                 "state": client.state,
                 "weights_version": client.weights_version,
                 "weights_digest": client.weights_digest,
+                "weights_path": client.weights_path,
                 "mode": client.pause_mode,
                 "admission": client.admission,
+                "retracted": client.retracted,
+                "kept": client.kept,
                 "loading_weights": client.loading,
             }
         )

@@ -49,8 +49,11 @@ class EngineClient:
         self.state = "starting"
         self.weights_version = ""
         self.weights_digest = ""
+        self.weights_path = ""  # the checkpoint the served weights came from
         self.pause_mode: str | None = None
         self.admission: str | None = None  # of the current pause
+        self.retracted = 0  # requests the current pause retracted
+        self.kept = 0  # requests the current pause kept with their KV
         self.loading = False
         self.fatal: str | None = None
         self.started_at = time.monotonic()
@@ -144,8 +147,11 @@ class EngineClient:
             self.state = msg["state"]
             self.weights_version = msg["weights_version"]
             self.weights_digest = msg.get("weights_digest", "")
+            self.weights_path = msg.get("weights_path", "")
             self.pause_mode = msg.get("mode")
             self.admission = msg.get("admission")
+            self.retracted = msg.get("retracted", 0)
+            self.kept = msg.get("kept", 0)
             self.loading = msg.get("loading", False)
             if kind == "ready":
                 self.info = msg["info"]

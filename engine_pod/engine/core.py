@@ -50,6 +50,7 @@ class EngineState(str, enum.Enum):
 
 PAUSE_MODES = ("abort", "retract", "keep")
 ADMISSIONS = ("reject", "queue")
+RECENT_STEPS = 128
 
 
 class Admission(str, enum.Enum):
@@ -119,8 +120,13 @@ class EngineCore:
         self.loading_weights = False
         self.pause_mode: str | None = "abort" if config.start_paused else None
         self.admission = "reject"  # of the current pause
+        # Requests the current pause retracted (tokens kept, KV freed) / kept with their KV.
+        self.paused_retracted = 0
+        self.paused_kept = 0
         self.held: deque[Request] = deque()  # admission queue: arrived while paused
         self.counters = Counters()
+        # The last steps as (step number, sequences, tokens, seconds in the forward): /v1/stats.
+        self.recent_steps: deque[tuple[int, int, int, float]] = deque(maxlen=RECENT_STEPS)
         self._exec_lock = threading.Lock()  # one forward at a time; weight swaps wait for it
         self._step_in_flight = False
         self._epoch = 0  # bumped by a forced pause: a late step's results are dropped
@@ -143,9 +149,12 @@ class EngineCore:
             "state": self.state.value,
             "weights_version": self.weights_version,
             "weights_digest": self.weights_digest,
+            "weights_path": getattr(self.runner, "weights_path", None) or "",
             "loading": self.loading_weights,
             "mode": None if self.state is EngineState.RUNNING else self.pause_mode,
             "admission": None if self.state is EngineState.RUNNING else self.admission,
+            "retracted": self.paused_retracted,
+            "kept": self.paused_kept,
         }
 
     # -- admission and abort (I/O thread) -------------------------------------------
@@ -239,6 +248,7 @@ class EngineCore:
                 self._step_in_flight = True
             sampled: dict[str, int] | None = None
             error: Exception | None = None
+            t0 = time.perf_counter()
             try:
                 with self._exec_lock:
                     sampled = self.runner.execute(step.work)
@@ -250,13 +260,18 @@ class EngineCore:
             with self.cond:
                 self._step_in_flight = False
                 if epoch == self._epoch:
-                    self._finish_step(step, sampled, error)
+                    self._finish_step(step, sampled, error, time.perf_counter() - t0)
                 self.cond.notify_all()
 
     def _finish_step(
-        self, step: ScheduledStep, sampled: dict[str, int] | None, error: Exception | None
+        self,
+        step: ScheduledStep,
+        sampled: dict[str, int] | None,
+        error: Exception | None,
+        seconds: float = 0.0,
     ) -> None:
         self.counters.steps += 1
+        self.recent_steps.append((self.counters.steps, len(step.entries), step.num_tokens, seconds))
         outs: list[RequestOutput] = []
         if error is not None or sampled is None:
             self.counters.step_errors += 1
@@ -327,6 +342,8 @@ class EngineCore:
             forced = bool(figures.pop("leaked", 0)) or forced
             freed = used_before - self.blocks.num_used
             t_settle = time.monotonic()
+            self.paused_retracted = figures.get("retracted", 0)
+            self.paused_kept = figures.get("kept", 0)
             self._set_state(EngineState.PAUSED)
         flushed = self._flush_wait(max(0.05, deadline - time.monotonic()))
         result = self._pause_result(t0, already=False)
@@ -441,6 +458,7 @@ class EngineCore:
             continued = len(self.scheduler.requests)
             admitted = self._admit_held()
             self.pause_mode, self.admission = None, "reject"
+            self.paused_retracted = self.paused_kept = 0
             self._set_state(EngineState.RUNNING)
             self.cond.notify_all()
         log.info(
@@ -516,6 +534,8 @@ class EngineCore:
         """Old-weights KV is stale: retract every request holding some, then empty the cache."""
         retracted = self.scheduler.retract_all()
         self.counters.retracted += len(retracted)
+        self.paused_retracted += len(retracted)
+        self.paused_kept = 0
         if retracted and self.pause_mode == "keep":
             self.pause_mode = "retract"
             log.info(
@@ -551,4 +571,5 @@ class EngineCore:
                 "partial_tokens": c.partial_tokens,
                 "step_errors": c.step_errors,
                 "requests_retracted": c.retracted,
+                "recent_steps": [list(x) for x in self.recent_steps],
             }

@@ -237,6 +237,8 @@ def test_retract_pause_continues_every_stream_under_new_weights(pod, ckpts, ref,
     assert run.paused["kv_used_blocks"] == 0 and run.paused["waiting"] == len(prompts)
     assert run.updated["retracted"] == 0  # nothing held KV any more
     assert run.status["mode"] == "retract" and run.status["weights_version"] == "step-1"
+    assert (run.status["retracted"], run.status["kept"]) == (SEQS, 0)  # per-replica figures
+    assert run.status["weights_path"] == ckpts["step-1"]  # where the served weights came from
     assert run.resumed["continued"] == len(prompts)
 
     assert_all_length(run.results)  # no stream saw an abort
@@ -262,6 +264,7 @@ def test_keep_pause_resumes_exactly_where_it_stopped(pod, ckpts, ref, tok):
     held = sum(-(-(len(pr) + len(b) - 1) // BLOCK) for pr, b in kept)
     assert p["used_blocks"] == run.paused["kv_used_blocks"] == held > 0
     assert run.status["mode"] == "keep" and run.status["is_paused"] is True
+    assert (run.status["retracted"], run.status["kept"]) == (0, SEQS)
 
     assert_all_length(run.results)
     for prompt, res in zip(prompts, run.results, strict=True):  # as if never paused
@@ -279,6 +282,7 @@ def test_weight_update_while_kept_retracts_and_recomputes(pod, ckpts, ref, tok):
     assert run.updated["retracted"] == SEQS and run.updated["mode"] == "retract"
     assert run.paused["kv_used_blocks"] == 0 and run.paused["kv_cached_blocks"] == 0
     assert run.status["mode"] == "retract"
+    assert (run.status["retracted"], run.status["kept"]) == (SEQS, 0)  # kept ones now retracted
     assert_all_length(run.results)
     assert_continues_under(ref, "step-1", prompts, run)
     assert_no_leaks(run.end)
