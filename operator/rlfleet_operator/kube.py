@@ -35,6 +35,13 @@ class KubeAPI(Protocol):
     ) -> None: ...
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str | None: ...
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]: ...
+    async def patch_pod_metadata(
+        self,
+        namespace: str,
+        name: str,
+        labels: Mapping[str, str | None],
+        annotations: Mapping[str, str | None],
+    ) -> None: ...
 
 
 def load_config() -> client.ApiClient:
@@ -182,3 +189,20 @@ class Kube:
             _preload_content=False,
         )
         return list(_raw(resp).get("items") or [])
+
+    async def patch_pod_metadata(
+        self,
+        namespace: str,
+        name: str,
+        labels: Mapping[str, str | None],
+        annotations: Mapping[str, str | None],
+    ) -> None:
+        """Merge-patch a pod's labels and annotations (None removes a key)."""
+        await asyncio.to_thread(
+            self.core.patch_namespaced_pod,
+            name,
+            namespace,
+            {"metadata": {"labels": dict(labels), "annotations": dict(annotations)}},
+            _content_type=MERGE,
+            _preload_content=False,
+        )

@@ -19,6 +19,10 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ENGINE_APP = "rlfleet-engine"
+# "true" on a replica the client Service sends traffic to; "false" fences it out (never in the
+# StatefulSet selector: that one is immutable, and a fenced pod must stay the set's own).
+LABEL_SERVING = "rlfleet.io/serving"
+ANNOTATION_FENCED = "rlfleet.io/fenced"  # why a fenced replica is out of serving
 
 # Keys of the `<pool>-state` ConfigMap, read by every pod through configMapKeyRef env.
 STATE_PAUSED = "paused"
@@ -29,6 +33,11 @@ STATE_WEIGHTS_VERSION = "weightsVersion"
 def selector_labels(pool: str) -> dict[str, str]:
     """Labels that select a pool's pods (immutable: the StatefulSet selector)."""
     return {LABEL_NAME: ENGINE_APP, LABEL_POOL: pool}
+
+
+def serving_selector(pool: str) -> dict[str, str]:
+    """The client Service's selector: the pool's pods that are not fenced."""
+    return {**selector_labels(pool), LABEL_SERVING: "true"}
 
 
 def common_labels(pool: str) -> dict[str, str]:

@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     waiting(sync, 600)
     sync.add_argument("--version", required=True, help="weights version label, e.g. step-42")
     sync.add_argument("--path", required=True, help="checkpoint directory as the replicas see it")
+    sync.add_argument(
+        "--failure-policy",
+        choices=["Fence", "Rollback"],
+        default=None,
+        help="a replica failing the load is fenced (default) or every replica rolls back",
+    )
     status = sub.add_parser("status", help="phase, conditions and a per-replica table")
     status.add_argument("name", help="InferencePool name")
     status.add_argument("--watch", "-w", action="store_true", help="keep refreshing")
@@ -89,7 +95,10 @@ def patch_body(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.command == "resume":
         return {"spec": {"paused": False}}
     if args.command == "sync-weights":
-        return {"spec": {"weights": {"version": args.version, "path": args.path}}}
+        weights = {"version": args.version, "path": args.path}
+        if args.failure_policy:
+            weights["failurePolicy"] = args.failure_policy
+        return {"spec": {"weights": weights}}
     return None
 
 
@@ -151,22 +160,43 @@ def render(pool: Mapping[str, Any]) -> Group:
             cond.get("message", ""),
         )
     rows = Table(show_header=True, header_style="bold")
-    for col in ("POD", "IP", "READY", "STATE", "WEIGHTS", "MESSAGE"):
+    for col in ("POD", "IP", "READY", "STATE", "MODE", "RETRACTED/KEPT", "WEIGHTS", "DIGEST"):
         rows.add_column(col)
+    rows.add_column("SERVING")
+    rows.add_column("MESSAGE")
     for r in status.get("replicaStatuses") or ():
         state = r.get("state", "")
         style = {"Paused": "cyan", "Running": "green", "Unreachable": "red", "Failed": "red"}.get(
             state, "yellow"
+        )
+        counts = (
+            f"{r['retractedRequests']}/{r.get('keptRequests', 0)}"
+            if "retractedRequests" in r
+            else ""
         )
         rows.add_row(
             r.get("pod", ""),
             r.get("ip", ""),
             "yes" if r.get("ready") else "no",
             Text(state, style=style),
+            r.get("pauseMode", "") or "",
+            counts,
             r.get("weightsVersion", "") or "",
-            r.get("message", "") or "",
+            (r.get("weightsDigest") or "")[:12],
+            Text("fenced", style="red") if r.get("fenced") else Text("yes"),
+            r.get("fencedReason") or r.get("message", "") or "",
         )
     parts: list[Any] = [head, conds, rows]
+    rollback = status.get("rollback")
+    if rollback:
+        parts.append(
+            Text(
+                f"rollback: {rollback.get('failedVersion', '?')} → "
+                f"{rollback.get('restoredVersion', '?')} at {rollback.get('at', '?')}: "
+                f"{rollback.get('reason', '')}",
+                style="yellow",
+            )
+        )
     last = status.get("lastPause")
     if last:
         parts.append(

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import names
 from .replica import Replica
 
 # Engine states (GET /v1/is_paused "state") → replicaStatuses[].state
@@ -52,7 +53,12 @@ class ReplicaView:
     state: str
     weights_version: str | None = None
     weights_digest: str | None = None  # sha256 of the checkpoint the engine serves
+    weights_path: str | None = None  # the checkpoint the engine's weights came from
     pause_mode: str | None = None  # abort | retract | keep, while paused
+    retracted: int | None = None  # requests the current pause retracted (tokens kept, KV freed)
+    kept: int | None = None  # requests the current pause kept with their KV
+    serving_label: str | None = None  # rlfleet.io/serving: "false" = fenced out of the Service
+    fence_reason: str = ""  # why it is fenced (the pod's annotation, then this pass's error)
     message: str = ""
     reachable: bool = False
     stuck: bool = False  # a reason in STUCK_REASONS
@@ -60,6 +66,10 @@ class ReplicaView:
 
     def replica(self, port: int) -> Replica:
         return Replica(self.pod, f"http://{self.ip}:{port}")
+
+    @property
+    def fenced(self) -> bool:
+        return self.serving_label == "false"
 
     def to_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"pod": self.pod, "state": self.state, "ready": self.ready}
@@ -71,6 +81,14 @@ class ReplicaView:
             out["weightsDigest"] = self.weights_digest
         if self.pause_mode:
             out["pauseMode"] = self.pause_mode
+        if self.state == "Paused":
+            for key, value in (("retractedRequests", self.retracted), ("keptRequests", self.kept)):
+                if value is not None:
+                    out[key] = value
+        if self.fenced:
+            out["fenced"] = True
+            if self.fence_reason:
+                out["fencedReason"] = self.fence_reason[:500]
         if self.message:
             out["message"] = self.message[:500]
         return out
@@ -122,9 +140,24 @@ def view_of_pod(pod: Mapping[str, Any]) -> ReplicaView:
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in status.get("conditions") or ()
     )
-    phase = status.get("phase") or "Pending"
     why, stuck = _why_not_running(pod)
     started = any(cs.get("started") for cs in status.get("containerStatuses") or ())
+    view = _view(meta, status, ip, ready, why, stuck, started)
+    view.serving_label = (meta.get("labels") or {}).get(names.LABEL_SERVING)
+    view.fence_reason = (meta.get("annotations") or {}).get(names.ANNOTATION_FENCED, "")
+    return view
+
+
+def _view(
+    meta: Mapping[str, Any],
+    status: Mapping[str, Any],
+    ip: str | None,
+    ready: bool,
+    why: str,
+    stuck: bool,
+    started: bool,
+) -> ReplicaView:
+    phase = status.get("phase") or "Pending"
     if meta.get("deletionTimestamp"):
         return ReplicaView(meta["name"], ip, ready, False, TERMINATING, message=why)
     if phase in ("Failed", "Succeeded"):
@@ -142,6 +175,20 @@ def view_of_pod(pod: Mapping[str, Any]) -> ReplicaView:
     return ReplicaView(
         meta["name"], ip, ready, True, STARTING, message=why, stuck=stuck, started=started
     )
+
+
+def _count(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def apply_pause(view: ReplicaView, data: Mapping[str, Any]) -> None:
+    """Fold a successful /v1/pause answer into the view (its mode and settled requests)."""
+    view.state = "Paused"
+    view.message = "forced: drain timeout reached" if data.get("forced") else ""
+    view.pause_mode = str(data.get("mode") or "") or view.pause_mode
+    if not data.get("already_paused"):  # else the answer has no figures; the probe's stand
+        view.retracted, view.kept = _count(data, "retracted"), _count(data, "kept")
 
 
 def apply_probe(view: ReplicaView, ok: bool, data: Mapping[str, Any], error: str | None) -> None:
@@ -164,7 +211,9 @@ def apply_probe(view: ReplicaView, ok: bool, data: Mapping[str, Any], error: str
         version = data.get("weights_version")
         view.weights_version = str(version) if version else None
         view.weights_digest = str(data.get("weights_digest") or "") or None
+        view.weights_path = str(data.get("weights_path") or "") or None
         view.pause_mode = str(data.get("mode") or "") or None
+        view.retracted, view.kept = _count(data, "retracted"), _count(data, "kept")
         view.message = ""
         view.stuck = False
     else:

@@ -19,10 +19,10 @@ from typing import Any
 from . import conditions as c
 from . import fanout, metrics, names, resources
 from .kube import KubeAPI
-from .pods import ReplicaView, apply_probe, view_of_pod
+from .pods import ReplicaView, apply_pause, apply_probe, view_of_pod
 from .replica import ReplicaClient
-from .spec import PoolSpec, Weights, ignored_engine_args
-from .status import build_status
+from .spec import ROLLBACK, PoolSpec, Weights, ignored_engine_args
+from .status import active_rollback, build_status, committed_weights
 
 log = logging.getLogger("rlfleet_operator.reconcile")
 
@@ -59,6 +59,7 @@ class Reconciler:
         self.policy = policy or fanout.FanoutPolicy()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._posted: dict[tuple[str, str, str], tuple[str, float]] = {}
+        # (ns, pool, pod, Weights.key) → (retry not before, last wait, last error)
         self._sync_failed: dict[tuple[str, str, str, str], tuple[float, float, str]] = {}
 
     # ---- helpers -------------------------------------------------------------------------
@@ -168,7 +169,10 @@ class Reconciler:
         state = await self.kube.get_configmap_data(
             spec.namespace, names.state_configmap_name(spec.name)
         )
-        pool_weights = spec.weights if (spec.paused or state is None) else weights_from_state(state)
+        # What the replicas must load: spec.weights, or the weights a rollback restored.
+        rollback = active_rollback(spec, old)
+        target = Weights.from_status(rollback["restored"]) if rollback else spec.weights
+        pool_weights = target if (spec.paused or state is None) else weights_from_state(state)
         desired = resources.state_data(spec.paused, pool_weights)
         if state is None:
             await self.kube.create_if_absent(resources.state_configmap(spec, body, desired))
@@ -203,14 +207,23 @@ class Reconciler:
             ctx = _Pass(self, client, body, spec, pool, generation, views, old, policy, failures)
             if spec.paused:
                 await ctx.pause()
-                if spec.weights is not None:
-                    await ctx.sync(spec.weights)
+                if target is not None:
+                    target = await ctx.sync(target)
+                await ctx.fence(target)
             else:
                 await ctx.resume(pool_weights)
-            old = ctx.old
-        return await self._write(
-            body, build_status(spec, generation, views, old, failures=failures), old
+                await ctx.fence(pool_weights)
+            old, sync_errors = ctx.old, ctx.sync_errors
+        status = build_status(
+            spec, generation, views, old, failures=failures, sync_errors=sync_errors
         )
+        committed = committed_weights(spec, views, status)
+        if committed and committed != old.get("committedWeights"):
+            status["committedWeights"] = committed
+            log.info("pool=%s step=commit weights=%s", pool, committed["version"])
+        if committed and status.get("rollback") and not active_rollback(spec, status):
+            status["rollback"] = None  # a later weights change committed: the record is history
+        return await self._write(body, status, old)
 
     async def _write(
         self, body: Mapping[str, Any], status: dict[str, Any], old: Mapping[str, Any]
@@ -229,7 +242,7 @@ class Reconciler:
         return status
 
     def sync_cooldown(self, key: tuple[str, str, str, str]) -> str | None:
-        """The last error if a weights load for (ns, pool, pod, version) failed too recently to retry."""
+        """The last error if a weights load for (ns, pool, pod, Weights.key) failed too recently to retry."""
         entry = self._sync_failed.get(key)
         if entry and time.monotonic() < entry[0]:
             return entry[2]
@@ -265,6 +278,7 @@ class _Pass:
             policy,
             failures,
         )
+        self.sync_errors: dict[str, str] = {}  # pod → why it could not load the target weights
 
     def _reachable(self) -> list[ReplicaView]:
         return [v for v in self.views if v.live and v.reachable]
@@ -272,7 +286,12 @@ class _Pass:
     async def _progress(self, phase: str, **extra: Any) -> None:
         """Write the in-progress phase before a fan-out (so status shows the step it is in)."""
         status = build_status(
-            self.spec, self.generation, self.views, self.old, failures=self.failures
+            self.spec,
+            self.generation,
+            self.views,
+            self.old,
+            failures=self.failures,
+            sync_errors=self.sync_errors,
         )
         status["phase"] = phase
         status.update(extra)
@@ -333,8 +352,7 @@ class _Pass:
         for view in targets:
             result = by_pod[view.pod]
             if result.ok:
-                view.state = "Paused"
-                view.message = "forced: drain timeout reached" if result.data.get("forced") else ""
+                apply_pause(view, result.data)
             else:
                 self.failures[view.pod] = f"pause: {result.error}"
                 view.message = self.failures[view.pod]
@@ -392,26 +410,44 @@ class _Pass:
             "operator restart and was completed by the replicas (figures of that fan-out lost)",
         )
 
-    async def sync(self, weights: Weights) -> None:
+    def _key(self, view: ReplicaView, weights: Weights) -> tuple[str, str, str, str]:
+        return (self.spec.namespace, self.spec.name, view.pod, weights.key)
+
+    async def sync(self, weights: Weights) -> Weights:
+        """Load `weights` into every paused replica not on them; returns the pool's target after.
+
+        Under failurePolicy Rollback, a replica failing spec.weights sends every replica back
+        to the committed weights, which the pool then targets."""
+        stale = [v for v in self._reachable() if v.state == "Paused" and not _on(v, weights)]
+        failed = await self._sync_stale(weights, stale, announce=True)
+        if failed and self.spec.failure_policy == ROLLBACK and weights == self.spec.weights:
+            restored = await self._rollback(weights, failed)
+            if restored is not None:
+                return restored
+        return weights
+
+    async def _sync_stale(
+        self, weights: Weights, stale: list[ReplicaView], *, announce: bool
+    ) -> dict[str, str]:
+        """Sync `stale` (those not cooling down after a failure); returns pod → error of each
+        replica left off `weights` (failed now or cooling down), also in self.sync_errors."""
         targets: list[ReplicaView] = []
-        ns, name = self.spec.namespace, self.spec.name
-        for view in self._reachable():
-            if view.state != "Paused" or view.weights_version == weights.version:
-                continue
-            recent = self.rec.sync_cooldown((ns, name, view.pod, weights.version))
+        errors: dict[str, str] = {}
+        for view in stale:
+            recent = self.rec.sync_cooldown(self._key(view, weights))
             if recent:
-                self.failures[view.pod] = f"update_weights: {recent} (retrying later)"
-                view.message = self.failures[view.pod]
+                errors[view.pod] = f"update_weights: {recent} (retrying later)"
+                view.message = errors[view.pod]
             else:
                 targets.append(view)
-        if not targets:
-            return
-        await self._sync_targets(weights, targets, announce=True)
+        if targets:
+            errors.update(await self._sync_targets(weights, targets, announce=announce))
+        self.sync_errors.update(errors)
+        return errors
 
     async def _sync_targets(
         self, weights: Weights, targets: list[ReplicaView], *, announce: bool
-    ) -> None:
-        ns, name = self.spec.namespace, self.spec.name
+    ) -> dict[str, str]:
         started = c.now_iso()
         if announce:
             await self._progress(c.SYNCING_WEIGHTS)
@@ -439,13 +475,15 @@ class _Pass:
             r = by_pod[view.pod]
             if r.ok:
                 view.weights_version = weights.version
+                view.weights_digest = str(r.data.get("weights_digest") or "") or weights.digest
+                view.weights_path = weights.path
                 view.message = ""
-                self.rec._sync_failed.pop((ns, name, view.pod, weights.version), None)
+                self.rec._sync_failed.pop(self._key(view, weights), None)
+                self.sync_errors.pop(view.pod, None)
             else:
-                failed[view.pod] = r.error or "failed"
-                self.failures[view.pod] = f"update_weights: {r.error}"
-                view.message = self.failures[view.pod]
-                self.rec.sync_failed((ns, name, view.pod, weights.version), r.error or "failed")
+                failed[view.pod] = f"update_weights: {r.error or 'failed'}"
+                view.message = failed[view.pod]
+                self.rec.sync_failed(self._key(view, weights), r.error or "failed")
         self.old = {
             **self.old,
             "lastWeightsSync": {
@@ -472,25 +510,108 @@ class _Pass:
                 "WeightsSynced",
                 f"{len(targets)} replica(s) loaded {weights.version!r} in {result.duration_s:.2f}s",
             )
+        return failed
+
+    async def _rollback(self, failed_weights: Weights, failed: dict[str, str]) -> Weights | None:
+        """Send every replica back to the committed weights; None if there are none to go to.
+
+        The decision is written to status.rollback (and the state ConfigMap) before any replica
+        is touched, so a pass after an operator restart carries on with the same rollback."""
+        restored = Weights.from_status(self.old.get("committedWeights"))
+        if restored is None or restored.key == failed_weights.key:
+            self.rec._event(
+                self.body,
+                "Warning",
+                "RollbackImpossible",
+                f"{failed_weights.version!r} failed on {_short(failed)} and no earlier weights "
+                "were committed: the failing replica(s) are fenced instead",
+            )
+            return None
+        self.old = {
+            **self.old,
+            "rollback": {
+                "failed": failed_weights.to_status(),
+                "failedVersion": failed_weights.version,
+                "restored": restored.to_status(),
+                "restoredVersion": restored.version,
+                "reason": _short(failed),
+                "at": c.now_iso(),
+            },
+        }
+        await self._progress(c.SYNCING_WEIGHTS)
+        await self.rec.kube.patch_configmap_data(
+            self.spec.namespace,
+            names.state_configmap_name(self.spec.name),
+            resources.state_data(self.spec.paused, restored),
+        )
+        self.rec._event(
+            self.body,
+            "Warning",
+            "RollingBack",
+            f"{failed_weights.version!r} failed on {_short(failed)}; every replica goes back "
+            f"to {restored.version!r}",
+        )
+        self.sync_errors.clear()  # errors of the abandoned weights: no replica is fenced for them
+        stale = [v for v in self._reachable() if v.state == "Paused" and not _on(v, restored)]
+        await self._sync_stale(restored, stale, announce=False)
+        return restored
+
+    async def fence(self, target: Weights | None) -> None:
+        """Label every reachable replica serving "true", or "false" (fenced) when it is not on
+        `target` and failed to load it (now, recently, or it is fenced already)."""
+        for view in self._reachable():
+            off = target is not None and not _on(view, target)
+            fenced = off and (view.pod in self.sync_errors or view.fenced)
+            if fenced:
+                reason = self.sync_errors.get(view.pod) or view.fence_reason or "stale weights"
+                if not view.fenced:
+                    await self._set_serving(view, False, reason)
+                view.fence_reason = reason
+            elif view.serving_label != "true":
+                await self._set_serving(view, True, "")
+
+    async def _set_serving(self, view: ReplicaView, serving: bool, reason: str) -> None:
+        was_fenced = view.fenced
+        try:
+            await self.rec.kube.patch_pod_metadata(
+                self.spec.namespace,
+                view.pod,
+                {names.LABEL_SERVING: "true" if serving else "false"},
+                {names.ANNOTATION_FENCED: None if serving else reason[:500]},
+            )
+        except Exception as exc:  # the pod may be gone; the next pass sees it again
+            log.warning("pool=%s pod=%s step=fence failed: %s", self.pool, view.pod, exc)
+            return
+        view.serving_label = "true" if serving else "false"
+        view.fence_reason = "" if serving else reason
+        if not serving:
+            self.rec._event(
+                self.body,
+                "Warning",
+                "ReplicaFenced",
+                f"{view.pod} taken out of serving (stays paused, retried): {reason[:300]}",
+            )
+        elif was_fenced:
+            self.rec._event(
+                self.body,
+                "Normal",
+                "ReplicaUnfenced",
+                f"{view.pod} serves the pool's weights {view.weights_version!r} again",
+            )
 
     async def resume(self, pool_weights: Weights | None) -> None:
         targets = [v for v in self._reachable() if v.state != "Running"]
+        # A paused replica on other weights than the pool's loads them first, and is resumed
+        # only once it has: it never serves stale weights (it restarted mid-sync, or its sync
+        # failed). One that cannot load them stays paused and is fenced (see fence()).
+        if pool_weights is not None:
+            stale = [v for v in targets if v.state == "Paused" and not _on(v, pool_weights)]
+            if stale:
+                await self._sync_stale(pool_weights, stale, announce=False)
+                await self.fence(pool_weights)
+            targets = [v for v in targets if v.state != "Paused" or _on(v, pool_weights)]
         if not targets:
             return
-        # A paused replica on other weights than the pool's loads them first: it must not
-        # come back serving stale weights (it restarted mid-sync, or its earlier sync failed).
-        if pool_weights is not None:
-            stale = [
-                v
-                for v in targets
-                if v.state == "Paused"
-                and v.weights_version != pool_weights.version
-                and not self.rec.sync_cooldown(
-                    (self.spec.namespace, self.spec.name, v.pod, pool_weights.version)
-                )
-            ]
-            if stale:
-                await self._sync_targets(pool_weights, stale, announce=False)
         await self._progress(c.RESUMING)
         self.rec._event(self.body, "Normal", "Resuming", f"resuming {len(targets)} replica(s)")
         result = await self._run(
@@ -522,6 +643,10 @@ class _Pass:
                 "Resumed",
                 f"{len(targets)} replica(s) resumed in {result.duration_s:.2f}s",
             )
+
+
+def _on(view: ReplicaView, weights: Weights) -> bool:
+    return weights.served_by(view.weights_version, view.weights_digest)
 
 
 def without_empty_strings(value: Any) -> Any:

@@ -130,7 +130,10 @@ def statefulset(spec: PoolSpec, owner: Mapping[str, Any]) -> Manifest:
             "updateStrategy": {"type": "RollingUpdate"},
             "selector": {"matchLabels": names.selector_labels(spec.name)},
             "template": {
-                "metadata": {"labels": names.common_labels(spec.name)},
+                # serving "true": a new or restarted pod serves (it starts with the pool's weights)
+                "metadata": {
+                    "labels": {**names.common_labels(spec.name), names.LABEL_SERVING: "true"}
+                },
                 "spec": pod_spec,
             },
         },
@@ -138,8 +141,10 @@ def statefulset(spec: PoolSpec, owner: Mapping[str, Any]) -> Manifest:
 
 
 def _service(spec: PoolSpec, owner: Mapping[str, Any], name: str, headless: bool) -> Manifest:
+    # The client Service leaves fenced replicas out; the headless one names every pod.
+    selector = names.selector_labels(spec.name) if headless else names.serving_selector(spec.name)
     svc_spec: dict[str, Any] = {
-        "selector": names.selector_labels(spec.name),
+        "selector": selector,
         "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
     }
     if headless:
@@ -154,7 +159,7 @@ def _service(spec: PoolSpec, owner: Mapping[str, Any], name: str, headless: bool
 
 
 def client_service(spec: PoolSpec, owner: Mapping[str, Any]) -> Manifest:
-    """The Service clients send completions to (ready replicas only)."""
+    """The Service clients send completions to (ready, not fenced replicas only)."""
     return _service(spec, owner, names.service_name(spec.name), headless=False)
 
 

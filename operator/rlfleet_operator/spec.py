@@ -18,11 +18,37 @@ RESERVED_ARGS = frozenset(
 )
 
 
+FENCE, ROLLBACK = "Fence", "Rollback"  # spec.weights.failurePolicy
+
+
 @dataclass(frozen=True)
 class Weights:
     version: str
     path: str
     digest: str | None = None  # sha256 the engine verifies the checkpoint against
+
+    @property
+    def key(self) -> str:
+        """Identity of one weights request: a new version, path or digest is a new request."""
+        return f"{self.version}|{self.path}|{self.digest or ''}"
+
+    def served_by(self, version: str | None, digest: str | None) -> bool:
+        """A replica reporting (version, digest) serves these weights (digest checked if known)."""
+        if version != self.version:
+            return False
+        return not (self.digest and digest and digest.lower() != self.digest.lower())
+
+    def to_status(self) -> dict[str, str]:
+        out = {"version": self.version, "path": self.path}
+        if self.digest:
+            out["digest"] = self.digest
+        return out
+
+    @classmethod
+    def from_status(cls, data: Mapping[str, Any] | None) -> Weights | None:
+        if not data or not data.get("version"):
+            return None
+        return cls(str(data["version"]), str(data.get("path") or ""), data.get("digest") or None)
 
 
 @dataclass(frozen=True)
@@ -49,6 +75,7 @@ class PoolSpec:
     image_pull_policy: str | None = None
     paused: bool = False
     weights: Weights | None = None
+    failure_policy: str = FENCE  # what a replica failing a weights load leads to
     pause: PauseSpec = field(default_factory=PauseSpec)
     control_token_secret: str | None = None
 
@@ -85,6 +112,7 @@ class PoolSpec:
             )
             if weights and weights.get("version")
             else None,
+            failure_policy=str((weights or {}).get("failurePolicy") or FENCE),
             pause=PauseSpec(
                 timeout_s=float(pause.pop("timeoutSeconds", DEFAULT_PAUSE_TIMEOUT_S)),
                 max_parallel=int(pause.pop("maxParallel", DEFAULT_MAX_PARALLEL)),

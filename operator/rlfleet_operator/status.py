@@ -9,7 +9,7 @@ from typing import Any
 from . import conditions as c
 from . import names
 from .pods import ReplicaView
-from .spec import PoolSpec
+from .spec import ROLLBACK, PoolSpec, Weights
 
 
 def _listing(items: Mapping[str, str], limit: int = 5) -> str:
@@ -20,13 +20,107 @@ def _listing(items: Mapping[str, str], limit: int = 5) -> str:
 
 
 def common_version(views: Sequence[ReplicaView]) -> str | None:
-    """The weights version every reachable replica reports, "mixed", or None if none answered."""
-    versions = Counter(v.weights_version or "" for v in views if v.reachable)
+    """The weights version every serving (reachable, not fenced) replica reports, "mixed", or
+    None if none answered."""
+    versions = Counter(v.weights_version or "" for v in views if v.reachable and not v.fenced)
     if not versions:
         return None
     if len(versions) == 1:
         return next(iter(versions))
     return "mixed"
+
+
+def active_rollback(spec: PoolSpec, status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """status.rollback while it applies: failurePolicy Rollback and spec.weights still names the
+    weights that failed (those are not retried; new spec.weights are)."""
+    record = status.get("rollback")
+    if not record or spec.weights is None or spec.failure_policy != ROLLBACK:
+        return None
+    failed = Weights.from_status(record.get("failed"))
+    if failed is None or failed.key != spec.weights.key:
+        return None
+    return record if Weights.from_status(record.get("restored")) else None
+
+
+def committed_weights(
+    spec: PoolSpec, views: Sequence[ReplicaView], status: Mapping[str, Any]
+) -> dict[str, str] | None:
+    """The weights every serving replica has, once WeightsSynced is True: what a rollback goes
+    back to. Without spec.weights, the start weights the engines report (version, path, digest)."""
+    serving = [v for v in views if v.reachable and not v.fenced]
+    if not serving or not c.is_true(status.get("conditions"), c.WEIGHTS_SYNCED):
+        return None
+    digests = {v.weights_digest for v in serving}
+    digest = digests.pop() if len(digests) == 1 else None
+    if spec.weights is not None:
+        return {**spec.weights.to_status(), **({"digest": digest} if digest else {})}
+    seen = {(v.weights_version, v.weights_path) for v in serving}
+    if len(seen) != 1:
+        return None
+    version, path = seen.pop()
+    if not version or not path or not digest:
+        return None
+    return {"version": version, "path": path, "digest": digest}
+
+
+def _weights_condition(
+    spec: PoolSpec,
+    old: Mapping[str, Any],
+    views: Sequence[ReplicaView],
+    unreachable: Mapping[str, str],
+    sync_errors: Mapping[str, str],
+    note: str,
+    generation: int | None,
+) -> dict[str, Any]:
+    """WeightsSynced: True once every serving replica is on spec.weights (same version and
+    digest); fenced replicas are out of serving and named in the message (ReplicasFenced)."""
+    reachable = [v for v in views if v.live and v.reachable]
+    serving = [v for v in reachable if not v.fenced]
+    fenced = {v.pod: v.fence_reason or "fenced" for v in reachable if v.fenced}
+    version = common_version(views)
+
+    def cond(ok: bool, reason: str, message: str) -> dict[str, Any]:
+        return c.condition(c.WEIGHTS_SYNCED, ok, reason, message, generation=generation)
+
+    if spec.weights is None:
+        return cond(True, "NoWeightsRequested", f"serving {version or 'the model weights'}")
+    want = spec.weights
+    rollback = active_rollback(spec, old)
+    if rollback:
+        restored = rollback.get("restoredVersion", "")
+        behind = sum(v.weights_version != restored for v in serving)
+        msg = f"{want.version!r} failed ({rollback.get('reason', '')}); rolled back to {restored!r}"
+        if behind:
+            msg += f", {behind} replica(s) not restored yet"
+        if fenced:
+            msg += f"; fenced: {_listing(fenced)}"
+        return cond(False, "RolledBack", msg)
+    on = [v for v in serving if want.served_by(v.weights_version, v.weights_digest)]
+    stale = {v.pod: f"serves {v.weights_version!r}" for v in serving if v not in on}
+    errors = {p: m for p, m in sync_errors.items() if p in stale}
+    if errors or (fenced and not on):
+        return cond(False, "SyncFailed", _listing({**fenced, **errors}))
+    if stale and not spec.paused:
+        return cond(
+            False,
+            "PauseRequired",
+            f"{len(stale)} replica(s) not on {want.version!r}; weights load only while the pool is paused",
+        )
+    if stale:
+        return cond(False, "Syncing", _listing(stale))
+    if unreachable:
+        return cond(False, "ReplicasUnreachable", _listing(unreachable))
+    if len({v.weights_digest for v in on}) > 1:
+        digests = {v.pod: f"digest {v.weights_digest}" for v in on}
+        return cond(False, "DigestsDisagree", _listing(digests))
+    if fenced:
+        return cond(
+            True,
+            "ReplicasFenced",
+            f"{len(on)} serving replica(s) on {want.version!r}; fenced (out of serving, retried): "
+            + _listing(fenced),
+        )
+    return cond(True, "AllReplicasSynced", f"{len(on)} replicas serve {want.version!r}{note}")
 
 
 def build_status(
@@ -36,19 +130,23 @@ def build_status(
     old: Mapping[str, Any],
     *,
     failures: Mapping[str, str] | None = None,
+    sync_errors: Mapping[str, str] | None = None,
     problem: tuple[str, str] | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
-    """Full status. `failures`: pod → error of this pass's fan-out; `problem`: (reason, message) pool-wide."""
+    """Full status. `failures`: pod → error of this pass's pause or resume; `sync_errors`: pod →
+    why it is not on the target weights; `problem`: (reason, message) pool-wide."""
     failures = dict(failures or {})
+    sync_errors = dict(sync_errors or {})
     live = [v for v in views if v.live]
     reachable = [v for v in live if v.reachable]
+    fenced = {v.pod: v.fence_reason or "fenced" for v in reachable if v.fenced}
     unreachable = {v.pod: v.message or "not answering" for v in live if v.state == "Unreachable"}
     starting = [v for v in live if v.state == "Starting"]
     stuck = {v.pod: v.message for v in views if v.stuck}
     paused_n = sum(v.state == "Paused" for v in reachable)
     ready_n = sum(v.ready for v in views)
-    trouble = {**stuck, **unreachable, **failures}
+    trouble = {**stuck, **unreachable, **failures, **sync_errors, **fenced}
 
     # Ready
     missing = max(0, spec.replicas - len(views))
@@ -99,7 +197,9 @@ def build_status(
         # Paused describes what the replicas do, not what spec asks: it turns False only once
         # every replica serves again, so `kubectl wait --for=condition=Paused=false` means
         # resumed (as Paused=True means paused), never "a resume was requested".
-        still = {v.pod: v.state for v in reachable if v.state != "Running"}
+        # A fenced replica stays paused (it must not serve stale weights): not "still resuming".
+        still = {v.pod: v.state for v in reachable if v.state != "Running" and not v.fenced}
+        out = f"; {len(fenced)} fenced, out of serving: {_listing(fenced)}" if fenced else ""
         if failures:
             paused = c.condition(
                 c.PAUSED,
@@ -115,62 +215,13 @@ def build_status(
                 c.PAUSED,
                 False,
                 "Running",
-                f"admission open on {len(reachable)} replicas",
+                f"admission open on {len(reachable) - len(fenced)} replicas{out}",
                 generation=generation,
             )
 
     # WeightsSynced
+    synced = _weights_condition(spec, old, views, unreachable, sync_errors, note, generation)
     version = common_version(views)
-    if spec.weights is None:
-        synced = c.condition(
-            c.WEIGHTS_SYNCED,
-            True,
-            "NoWeightsRequested",
-            f"serving {version or 'the model weights'}",
-            generation=generation,
-        )
-    else:
-        want = spec.weights.version
-        stale = {
-            v.pod: f"serves {v.weights_version!r}" for v in reachable if v.weights_version != want
-        }
-        sync_failures = {p: m for p, m in failures.items() if p in stale}
-        if sync_failures:
-            synced = c.condition(
-                c.WEIGHTS_SYNCED,
-                False,
-                "SyncFailed",
-                _listing(sync_failures),
-                generation=generation,
-            )
-        elif stale and not spec.paused:
-            synced = c.condition(
-                c.WEIGHTS_SYNCED,
-                False,
-                "PauseRequired",
-                f"{len(stale)} replica(s) not on {want!r}; weights load only while the pool is paused",
-                generation=generation,
-            )
-        elif stale:
-            synced = c.condition(
-                c.WEIGHTS_SYNCED, False, "Syncing", _listing(stale), generation=generation
-            )
-        elif unreachable:
-            synced = c.condition(
-                c.WEIGHTS_SYNCED,
-                False,
-                "ReplicasUnreachable",
-                _listing(unreachable),
-                generation=generation,
-            )
-        else:
-            synced = c.condition(
-                c.WEIGHTS_SYNCED,
-                True,
-                "AllReplicasSynced",
-                f"{len(reachable)} replicas serve {want!r}{note}",
-                generation=generation,
-            )
 
     # Phase
     if problem or trouble:
@@ -191,6 +242,7 @@ def build_status(
             "replicas": len(views),
             "readyReplicas": ready_n,
             "pausedReplicas": paused_n,
+            "fencedReplicas": len(fenced),
             "ready": f"{ready_n}/{spec.replicas}",
             "selector": names.selector_string(spec.name),
             "replicaStatuses": [v.to_status() for v in sorted(views, key=lambda v: v.pod)],
@@ -198,7 +250,7 @@ def build_status(
     )
     if version is not None:
         status["weightsVersion"] = version
-    digests = {v.weights_digest for v in reachable}
+    digests = {v.weights_digest for v in reachable if not v.fenced}
     digest = digests.pop() if len(digests) == 1 else None
     if digest:
         status["weightsDigest"] = digest  # one digest across the pool

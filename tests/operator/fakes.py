@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import socket
 import time
@@ -14,6 +15,12 @@ from typing import Any
 from aiohttp import web
 
 TOKEN = "s3cret-token"
+BASE_PATH = "/models/base"
+
+
+def fake_digest(path: str) -> str:
+    """The sha256 a fake engine reports for the checkpoint at `path`."""
+    return hashlib.sha256(path.encode()).hexdigest()
 
 
 @dataclass
@@ -46,6 +53,9 @@ class FakeEngine:
         self.name, self.host, self.port, self.log, self.token = name, host, port, log, token
         self.state = "paused" if paused else "running"
         self.weights_version = weights_version
+        self.weights_path = BASE_PATH
+        self.mode: str | None = "abort" if paused else None
+        self.retracted = self.kept = 0
         self.inflight = inflight  # requests aborted by the next full pause
         self.fail: dict[str, int] = {}  # op → answer 500 this many more times
         self.delay: dict[str, float] = {}  # op → seconds before answering
@@ -96,7 +106,7 @@ class FakeEngine:
     async def _pause(self, request: web.Request) -> web.Response:
         raw = await request.read()
         op = "reject" if raw and json.loads(raw).get("stage") == "reject" else "pause"
-        _body, err = await self._enter(request, op)
+        body, err = await self._enter(request, op)
         if err:
             return err
         if op == "reject":
@@ -106,6 +116,8 @@ class FakeEngine:
         if self.state == "paused":
             return web.json_response(
                 {
+                    "retracted": 0,
+                    "kept": 0,
                     "paused": True,
                     "already_paused": True,
                     "aborted": 0,
@@ -117,9 +129,16 @@ class FakeEngine:
                 }
             )
         self.state = "paused"
-        aborted, self.inflight = self.inflight, 0
+        self.mode = str(body.get("mode") or "abort")
+        settled, self.inflight = self.inflight, 0
+        aborted = settled if self.mode == "abort" else 0
+        self.retracted = settled if self.mode == "retract" else 0
+        self.kept = settled if self.mode == "keep" else 0
         return web.json_response(
             {
+                "mode": self.mode,
+                "retracted": self.retracted,
+                "kept": self.kept,
                 "paused": True,
                 "already_paused": False,
                 "aborted": aborted,
@@ -136,6 +155,7 @@ class FakeEngine:
         if err:
             return err
         self.state = "running"
+        self.mode, self.retracted, self.kept = None, 0, 0
         return web.json_response({"paused": False})
 
     async def _is_paused(self, request: web.Request) -> web.Response:
@@ -147,6 +167,11 @@ class FakeEngine:
                 "is_paused": self.state == "paused",
                 "state": self.state,
                 "weights_version": self.weights_version,
+                "weights_digest": fake_digest(self.weights_path),
+                "weights_path": self.weights_path,
+                "mode": self.mode if self.state != "running" else None,
+                "retracted": self.retracted,
+                "kept": self.kept,
             }
         )
 
@@ -160,8 +185,19 @@ class FakeEngine:
             return web.json_response(
                 {"error": {"message": "bad checkpoint: shape mismatch"}}, status=400
             )
-        self.weights_version = body["version"]
-        return web.json_response({"ok": True, "weights_version": self.weights_version})
+        if body.get("digest") and body["digest"] != fake_digest(body["path"]):
+            return web.json_response(
+                {"error": {"message": "checkpoint rejected: digest mismatch"}}, status=400
+            )
+        self.weights_version, self.weights_path = body["version"], body["path"]
+        self.retracted, self.kept = self.retracted + self.kept, 0
+        return web.json_response(
+            {
+                "ok": True,
+                "weights_version": self.weights_version,
+                "weights_digest": fake_digest(self.weights_path),
+            }
+        )
 
 
 def free_port() -> int:
@@ -233,6 +269,7 @@ class FakeKube:
         self.applied: list[dict[str, Any]] = []
         self.status_writes: list[dict[str, Any]] = []
         self.configmap_writes: list[tuple[float, dict[str, str]]] = []
+        self.pod_patches: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         if token is not None:
             self.secrets[f"{pool['metadata']['name']}-control-token"] = {"token": token}
 
@@ -276,6 +313,26 @@ class FakeKube:
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         return copy.deepcopy(self.pods)
+
+    async def patch_pod_metadata(
+        self,
+        namespace: str,
+        name: str,
+        labels: Mapping[str, str | None],
+        annotations: Mapping[str, str | None],
+    ) -> None:
+        pod = next(p for p in self.pods if p["metadata"]["name"] == name)
+        meta = pod["metadata"]
+        meta["labels"] = _merge(meta.get("labels") or {}, dict(labels))
+        meta["annotations"] = _merge(meta.get("annotations") or {}, dict(annotations))
+        self.pod_patches.append((name, dict(labels), dict(annotations)))
+
+    def serving(self) -> dict[str, str | None]:
+        """pod → its rlfleet.io/serving label."""
+        return {
+            p["metadata"]["name"]: (p["metadata"].get("labels") or {}).get("rlfleet.io/serving")
+            for p in self.pods
+        }
 
 
 def _merge(old: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:

@@ -82,6 +82,21 @@ def test_status_schema(schema: dict[str, Any]) -> None:
         "abortedRequests",
         "partialTokens",
     } <= set(status["lastPause"]["properties"])
+    # Issue 8: what a weights transaction reports (unknown status fields would be pruned).
+    replica = status["replicaStatuses"]["items"]["properties"]
+    assert {"pauseMode", "retractedRequests", "keptRequests", "weightsDigest", "fenced"} <= set(
+        replica
+    )
+    assert {"version", "path", "digest"} <= set(status["committedWeights"]["properties"])
+    assert {"failedVersion", "restoredVersion", "reason", "at", "failed", "restored"} <= set(
+        status["rollback"]["properties"]
+    )
+    assert "fencedReplicas" in status
+
+
+def test_failure_policy_is_fence_or_rollback(schema: dict[str, Any]) -> None:
+    policy = schema["properties"]["spec"]["properties"]["weights"]["properties"]["failurePolicy"]
+    assert (policy["enum"], policy["default"]) == (["Fence", "Rollback"], "Fence")
 
 
 def _structural(node: Any, path: str = "") -> None:
@@ -125,6 +140,7 @@ GOOD = {
         {**GOOD, "weights": {"version": "v1"}},
         {**GOOD, "paused": "yes"},
         {**GOOD, "controlTokenSecret": "Not_A_Name"},
+        {**GOOD, "weights": {"version": "v1", "path": "/w", "failurePolicy": "Retry"}},
     ],
 )
 def test_invalid_specs_are_rejected(schema: dict[str, Any], spec: dict[str, Any]) -> None:

@@ -87,7 +87,7 @@ def test_default_render() -> None:
     }
     assert rules[("rlfleet.io", "inferencepools/status")] == {"get", "patch"}
     assert rules[("", "secrets")] == {"get", "create"}
-    assert rules[("", "pods")] == {"get", "list", "watch"}
+    assert rules[("", "pods")] == {"get", "list", "watch", "patch"}  # patch: fencing label
     assert rules[("apiextensions.k8s.io", "customresourcedefinitions")] == {"get", "list", "watch"}
     assert all("delete" not in verbs and "*" not in verbs for verbs in rules.values())
     test_pod = next(d for d in docs if d["kind"] == "Pod")

@@ -31,6 +31,10 @@ def test_resume_sync_status_args() -> None:
     assert plugin.patch_body(sync) == {
         "spec": {"weights": {"version": "step-42", "path": "/ckpt/step-42"}}
     }
+    rollback = parse(
+        "sync-weights", "r", "--version", "v", "--path", "/p", "--failure-policy", "Rollback"
+    )
+    assert plugin.patch_body(rollback)["spec"]["weights"]["failurePolicy"] == "Rollback"
     assert plugin.patch_body(parse("status", "r")) is None
     with pytest.raises(SystemExit):
         parse("sync-weights", "r", "--version", "v")  # --path is required
@@ -79,8 +83,20 @@ def test_render_status_table() -> None:
                 "ready": True,
                 "state": "Paused",
                 "weightsVersion": "v1",
-            }
+                "weightsDigest": "9f2c" + "0" * 60,
+                "pauseMode": "retract",
+                "retractedRequests": 4,
+                "keptRequests": 0,
+            },
+            {
+                "pod": "r-1",
+                "state": "Paused",
+                "weightsVersion": "v0",
+                "fenced": True,
+                "fencedReason": "update_weights: checkpoint missing",
+            },
         ],
+        rollback={"failedVersion": "v2", "restoredVersion": "v1", "reason": "r-1 failed"},
         lastPause={
             "startedAt": "a",
             "completedAt": "b",
@@ -98,6 +114,9 @@ def test_render_status_table() -> None:
         and "AllReplicasPaused" in text
         and "aborted=3" in text
     )
+    assert "retract" in text and "4/0" in text and "9f2c00000000" in text
+    assert "fenced" in text and "checkpoint missing" in text
+    assert "rollback: v2 → v1" in text
 
 
 class FakeAPI:

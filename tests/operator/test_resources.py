@@ -87,6 +87,9 @@ def test_statefulset() -> None:
     assert spec["selector"]["matchLabels"] == names.selector_labels("rollout")
     template = spec["template"]
     assert names.selector_labels("rollout").items() <= template["metadata"]["labels"].items()
+    # A new or restarted pod serves; the serving label is never in the (immutable) selector.
+    assert template["metadata"]["labels"]["rlfleet.io/serving"] == "true"
+    assert "rlfleet.io/serving" not in spec["selector"]["matchLabels"]
     (container,) = template["spec"]["containers"]
     assert container["command"] == ["python", "-m", "engine_pod"]
     assert container["args"][:6] == [
@@ -140,9 +143,13 @@ def test_services_configmap_secret() -> None:
         headless["spec"]["clusterIP"] == "None"
         and headless["spec"]["publishNotReadyAddresses"] is True
     )
-    assert svc["spec"]["ports"][0]["port"] == 9000 and svc["spec"][
-        "selector"
-    ] == names.selector_labels("rollout")
+    assert svc["spec"]["ports"][0]["port"] == 9000
+    # Clients reach only replicas labelled serving (a fenced one is out); control reaches all.
+    assert svc["spec"]["selector"] == {
+        **names.selector_labels("rollout"),
+        "rlfleet.io/serving": "true",
+    }
+    assert headless["spec"]["selector"] == names.selector_labels("rollout")
     cm = resources.state_configmap(SPEC, BODY)
     assert cm["metadata"]["name"] == "rollout-state"
     assert cm["data"] == {"paused": "true", "weightsPath": "/ckpt/3", "weightsVersion": "step-3"}

@@ -52,7 +52,7 @@ app.kubernetes.io/component: operator
   verbs: ["get", "create"]  # read the control token; create <pool>-control-token if none is named
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]  # pod IPs: the operator talks to replicas directly
+  verbs: ["get", "list", "watch", "patch"]  # pod IPs (replicas are called directly); patch: the serving label that fences one
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
