@@ -159,30 +159,31 @@ def render(pool: Mapping[str, Any]) -> Group:
             cond.get("reason", ""),
             cond.get("message", ""),
         )
+    replicas = list(status.get("replicaStatuses") or ())
     rows = Table(show_header=True, header_style="bold")
-    for col in ("POD", "IP", "READY", "STATE", "MODE", "RETRACTED/KEPT", "WEIGHTS", "DIGEST"):
+    # Pod names are never cut, even on a narrow terminal (the other columns give way).
+    widest = max((len(r.get("pod", "")) for r in replicas), default=3)
+    rows.add_column("POD", no_wrap=True, min_width=widest)
+    for col in ("IP", "READY", "STATE", "PAUSE", "WEIGHTS", "SERVING", "MESSAGE"):
         rows.add_column(col)
-    rows.add_column("SERVING")
-    rows.add_column("MESSAGE")
-    for r in status.get("replicaStatuses") or ():
+    for r in replicas:
         state = r.get("state", "")
         style = {"Paused": "cyan", "Running": "green", "Unreachable": "red", "Failed": "red"}.get(
             state, "yellow"
         )
-        counts = (
-            f"{r['retractedRequests']}/{r.get('keptRequests', 0)}"
-            if "retractedRequests" in r
-            else ""
-        )
+        pause = r.get("pauseMode", "") or ""
+        if "retractedRequests" in r:  # the current pause's retracted / kept requests
+            pause += f" {r['retractedRequests']}r/{r.get('keptRequests', 0)}k"
+        weights = r.get("weightsVersion", "") or ""
+        if r.get("weightsDigest"):
+            weights += f" {r['weightsDigest'][:8]}"
         rows.add_row(
             r.get("pod", ""),
             r.get("ip", ""),
             "yes" if r.get("ready") else "no",
             Text(state, style=style),
-            r.get("pauseMode", "") or "",
-            counts,
-            r.get("weightsVersion", "") or "",
-            (r.get("weightsDigest") or "")[:12],
+            pause,
+            weights,
             Text("fenced", style="red") if r.get("fenced") else Text("yes"),
             r.get("fencedReason") or r.get("message", "") or "",
         )

@@ -106,6 +106,10 @@ def test_render_status_table() -> None:
     )
     console = Console(record=True, width=160)
     console.print(plugin.render(p))
+    narrow = Console(record=True, width=80)  # a plain terminal: pod names are never cut
+    narrow.print(plugin.render(p))
+    narrow_text = narrow.export_text()
+    assert "r-0" in narrow_text and "r-1" in narrow_text
     text = console.export_text()
     assert (
         "ml/r" in text
@@ -114,7 +118,7 @@ def test_render_status_table() -> None:
         and "AllReplicasPaused" in text
         and "aborted=3" in text
     )
-    assert "retract" in text and "4/0" in text and "9f2c00000000" in text
+    assert "retract 4r/0k" in text and "v1 9f2c0000" in text
     assert "fenced" in text and "checkpoint missing" in text
     assert "rollback: v2 → v1" in text
 
