@@ -19,6 +19,8 @@ class EngineConfig:
     model: str | None = None  # HF-layout dir; None → the embedded tiny model
     runner: str = "paddle"  # "paddle" | "synthetic" (light replica: no model, same control plane)
     device: str = "cpu"
+    cuda_graphs: bool | None = None  # None: on where the CUDA kernels run (--device gpu)
+    cuda_graph_max_batch: int = 128
     served_model_name: str | None = None
     host: str = "127.0.0.1"
     port: int = 8180
@@ -64,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="model runner: 'paddle' (real decoder) or 'synthetic' (light replica for fleet-scale tests: same endpoints and state machine, fake tokens, no Paddle) [env RLFLEET_RUNNER]",
     )
     p.add_argument("--device", default="cpu", help="Paddle device: cpu | gpu")
+    p.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replay decode steps from CUDA graphs captured per batch size (default: on with"
+        " --device gpu and the CUDA kernels, which is ~3x faster per step; no effect on the CPU)",
+    )
+    p.add_argument(
+        "--cuda-graph-max-batch",
+        type=int,
+        default=128,
+        help="largest decode batch replayed from a CUDA graph (larger ones run eagerly)",
+    )
     p.add_argument(
         "--served-model-name",
         default=None,
@@ -155,15 +170,18 @@ def config_from_args(argv: list[str] | None = None) -> EngineConfig:
         or a.block_size < 1
         or a.num_kv_blocks < 1
         or a.admission_queue_size < 0
+        or a.cuda_graph_max_batch < 1
     ):
         raise SystemExit(
             "--max-num-seqs, --max-num-batched-tokens, --block-size, --num-kv-blocks must be >= 1;"
-            " --admission-queue-size >= 0"
+            " --admission-queue-size >= 0; --cuda-graph-max-batch >= 1"
         )
     return EngineConfig(
         model=a.model,
         runner=a.runner,
         device=a.device,
+        cuda_graphs=a.cuda_graphs,
+        cuda_graph_max_batch=a.cuda_graph_max_batch,
         served_model_name=a.served_model_name,
         host=a.host,
         port=a.port,

@@ -2,14 +2,16 @@
 
 For each batch size B: B sequences, each prefilled with a `--ctx`-token random prompt, then
 decode steps of all B together through `PaddleModelRunner.execute` (the engine's call:
-host planning, index upload, forward, greedy argmax on the device, token ids back).
+host planning, index upload, forward, sampling on the device, token ids back), eagerly
+(the runner's graphs off) and with the runner's own CUDA graphs (engine_pod/model/
+cuda_graphs.py; `--graphs`); the graph steps' tokens are checked against the eager ones.
 Reported: median step time, tokens/s, and the step as a ratio to the memory-bandwidth
-limit (weights + KV bytes read per step ÷ 3.35 TB/s). Time to first token: one
-`--ctx`-token prompt prefilled and its first token sampled, at batch 1.
-
-`--graphs`: the same decode steps replayed from a CUDA graph captured per batch size
-(`paddle.device.cuda.graphs.CUDAGraph`), the step's indices in a static device buffer
-overwritten before each replay; its tokens are checked against the eager steps'.
+limit (weights + KV bytes read per step ÷ bandwidth), for the datasheet bandwidth
+(`--hbm-tbs`, H200 4.8 TB/s) and the device-to-device copy bandwidth measured here first.
+"graph GPU" = the captured step replayed back to back (GPU time alone); the rest of a
+graph step is the host. Time to first token: one `--ctx`-token prompt prefilled and its
+first token sampled, at batch 1. `--sampling`: also the graph step with every row sampled
+(temperature 0.8, top-p 0.9, seeded) instead of greedy.
 
     python bench/gpu/decode_bench.py --model /tmp/qwen05b --out $OUT/bench.json [--graphs]
 """
@@ -36,7 +38,7 @@ from engine_pod.model.paddle_runner import PaddleModelRunner
 from engine_pod.model.step_plan import plan_step
 
 GREEDY = SamplingParams(temperature=0.0)
-HBM_BPS = 3.35e12  # H100 SXM datasheet
+SAMPLED = SamplingParams(temperature=0.8, top_p=0.9, seed=1)
 
 
 def weight_bytes(runner: PaddleModelRunner) -> int:
@@ -101,64 +103,50 @@ class Batch:
         dt = time.perf_counter() - t0
         return [first[f"s{i}"] for i in range(self.b)], dt
 
-    def work(self, last: list[int], pos: int, k: int) -> list[SeqWork]:
+    def work(self, last: list[int], pos: int, k: int, sp: SamplingParams = GREEDY) -> list[SeqWork]:
         return [
-            SeqWork(f"s{i}", [last[i]], pos, self.tables[i], True, GREEDY, k) for i in range(self.b)
+            SeqWork(f"s{i}", [last[i]], pos, self.tables[i], True, sp, k) for i in range(self.b)
         ]
 
 
-def eager_decode(bt: Batch, first: list[int], steps: int) -> tuple[list[float], list[list[int]]]:
+def decode(
+    bt: Batch, first: list[int], steps: int, sp: SamplingParams = GREEDY
+) -> tuple[list[float], list[list[int]]]:
+    """`steps` decode steps of the whole batch through `runner.execute`: (seconds, tokens)."""
     last, times, toks = list(first), [], []
     for k in range(steps):
         t0 = time.perf_counter()
-        res = bt.runner.execute(bt.work(last, bt.ctx + k, k + 1))
+        res = bt.runner.execute(bt.work(last, bt.ctx + k, k + 1, sp))
         times.append(time.perf_counter() - t0)
         last = [res[f"s{i}"] for i in range(bt.b)]
         toks.append(last)
     return times, toks
 
 
-def graph_decode(
-    bt: Batch, first: list[int], steps: int
-) -> tuple[list[float], list[list[int]], float]:
-    """Capture one decode step of this batch size, then replay it `steps` times."""
-    from paddle.device.cuda.graphs import CUDAGraph
-
-    r = bt.runner
-    ops, dec, cfg = r.ops, r.decoder, r.config
-    mk = lambda last, k: plan_step(bt.work(last, bt.ctx + k, k + 1), bt.bs, r.cache.num_blocks,  # noqa: E731
-                                   cfg.vocab_size, cfg.max_position_embeddings)  # fmt: skip
-    plan = mk(first, 0)
-    buf, offs, stride = ops.pack_step(plan, bt.bs, stride=bt.need)
-    meta = ops.upload_int64(buf)
-    ops.refresh_stream()
-    st = ops.step_on(cfg, plan, dec.rope, bt.bs, meta, offs, stride)
-    # warm-up in eager mode on the static buffer (cuBLAS handles, workspaces), same inputs
-    ops.argmax(dec.forward_logits(r.weights, r.cache, plan, st))
+def graph_gpu_ms(runner: PaddleModelRunner, reps: int = 50) -> float:
+    """GPU time of one replay of the most recently used graph (back-to-back replays)."""
+    g = max(runner.graphs.graphs.values(), key=lambda g: int(g.ids.shape[0]))
+    g.graph.replay()
     sync()
     t0 = time.perf_counter()
-    g = CUDAGraph()
-    g.capture_begin()
-    ops.refresh_stream()
-    st = ops.step_on(cfg, plan, dec.rope, bt.bs, meta, offs, stride)
-    ids = ops.argmax(dec.forward_logits(r.weights, r.cache, plan, st))
-    g.capture_end()
+    for _ in range(reps):
+        g.graph.replay()
     sync()
-    capture_s = time.perf_counter() - t0
-    last, times, toks = list(first), [], []
-    for k in range(steps):
-        t0 = time.perf_counter()
-        plan = mk(last, k)
-        buf, _, _ = ops.pack_step(plan, bt.bs, stride=bt.need)
-        ops.copy_to_device(meta, buf)
-        g.replay()
-        out = ids.numpy()
-        by_item = {w.request_id: int(t) for w, t in zip(plan.sample_items, out, strict=True)}
-        last = [by_item[f"s{i}"] for i in range(bt.b)]
-        times.append(time.perf_counter() - t0)
-        toks.append(last)
-    g.reset()
-    return times, toks, capture_s
+    return (time.perf_counter() - t0) / reps * 1e3
+
+
+def copy_bandwidth(ops, nbytes: int = 2 << 30, reps: int = 10) -> float:
+    """Device-to-device copy bandwidth, bytes read + written per second."""
+    a = paddle.empty([nbytes // 2], dtype="bfloat16")
+    b = paddle.empty([nbytes // 2], dtype="bfloat16")
+    ops.refresh_stream()
+    ops.copy_into(b, a)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        ops.copy_into(b, a)
+    sync()
+    return 2 * nbytes * reps / (time.perf_counter() - t0)
 
 
 def attention_us(bt: Batch, last: list[int], k: int, reps: int = 50) -> dict:
@@ -195,6 +183,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warm", type=int, default=3)
     ap.add_argument("--graphs", action="store_true")
+    ap.add_argument("--sampling", action="store_true")
+    ap.add_argument("--hbm-tbs", type=float, default=4.8, help="datasheet bandwidth, TB/s")
     args = ap.parse_args()
     t0 = time.time()
     if not os.path.exists(os.path.join(args.model, "model.safetensors")):
@@ -202,10 +192,14 @@ def main() -> None:
 
         make_05b(args.model)
     runner = PaddleModelRunner(args.model, device="gpu")
+    graphs = runner.graphs
+    copy_bps = copy_bandwidth(runner.ops)
     res: dict = {"device": paddle.device.cuda.get_device_name(), "paddle": paddle.__version__,
-                 "ops": runner.ops.name, "attn": getattr(runner.ops, "attn_version", None), "dtype": runner.dtype, "ctx": args.ctx,
-                 "load_s": round(time.time() - t0, 1), "weight_bytes": weight_bytes(runner),
-                 "hbm_bytes_per_s": HBM_BPS, "rows": []}  # fmt: skip
+                 "ops": runner.ops.name, "attn": getattr(runner.ops, "attn_version", None),
+                 "dtype": runner.dtype, "ctx": args.ctx, "load_s": round(time.time() - t0, 1),
+                 "weight_bytes": weight_bytes(runner), "hbm_datasheet_bytes_per_s": args.hbm_tbs * 1e12,
+                 "copy_bytes_per_s_measured": round(copy_bps), "rows": []}  # fmt: skip
+    print(f"{res['device']}: D2D copy {copy_bps / 1e12:.2f} TB/s (read + write)", flush=True)
     n = args.warm + args.steps
 
     def save() -> None:
@@ -216,29 +210,45 @@ def main() -> None:
     for b in [int(x) for x in args.batches.split(",")]:
         row: dict = {"batch": b}
         try:
+            runner.graphs = None  # eager
             bt = Batch(runner, b, args.ctx, n + 1)
             first, pre_s = bt.prefill()
             if b == 1:  # the first prefill compiles/warms: time TTFT on a second run
                 first, pre_s = bt.prefill()
                 row["ttft_ms"] = round(pre_s * 1e3, 2)
             row["prefill_s"] = round(pre_s, 3)
-            times, toks = eager_decode(bt, first, n)
+            times, toks = decode(bt, first, n)
             step = statistics.median(times[args.warm :])
             avg_ctx = args.ctx + args.warm + args.steps / 2
-            floor = (res["weight_bytes"] + kv_bytes(runner, int(b * avg_ctx))) / HBM_BPS
-            row.update(eager_step_ms=round(step * 1e3, 3), eager_tok_s=round(b / step, 1),
-                       floor_ms=round(floor * 1e3, 4), eager_x_floor=round(step / floor, 1))  # fmt: skip
+            nbytes = res["weight_bytes"] + kv_bytes(runner, int(b * avg_ctx))
+            floor = nbytes / (args.hbm_tbs * 1e12)
+            floor_copy = nbytes / copy_bps
+            row.update(bytes_per_step=nbytes, floor_ms=round(floor * 1e3, 4),
+                       floor_copy_ms=round(floor_copy * 1e3, 4), eager_step_ms=round(step * 1e3, 3),
+                       eager_tok_s=round(b / step, 1), eager_x_floor=round(step / floor, 2))  # fmt: skip
             try:
                 row.update(attention_us(bt, toks[-1], n))
             except Exception as e:
                 row["attn_error"] = f"{type(e).__name__}: {e}"[:300]
-            if args.graphs:
+            if args.graphs and graphs is not None:
+                runner.graphs = graphs
                 try:
-                    gt, gtoks, cap = graph_decode(bt, first, n)
+                    bt.runner.allocate_kv_cache(bt.runner.num_blocks, bt.bs)  # attach the graphs
+                    first_g, _ = bt.prefill()
+                    captures = graphs.captures
+                    gt, gtoks = decode(bt, first_g, n)
                     gstep = statistics.median(gt[args.warm :])
                     row.update(graph_step_ms=round(gstep * 1e3, 3), graph_tok_s=round(b / gstep, 1),
-                               graph_x_floor=round(gstep / floor, 1), graph_capture_s=round(cap, 2),
-                               graph_tokens_equal_eager=gtoks == toks)  # fmt: skip
+                               graph_x_floor=round(gstep / floor, 2),
+                               graph_x_copy_floor=round(gstep / floor_copy, 2),
+                               graph_first_step_s=round(gt[0], 3),
+                               graph_captures=graphs.captures - captures,
+                               graph_gpu_ms=round(graph_gpu_ms(runner), 3),
+                               graph_tokens_equal_eager=gtoks == toks and first_g == first)  # fmt: skip
+                    if args.sampling:
+                        st, stoks = decode(bt, first_g, n, SAMPLED)
+                        row.update(graph_sampled_step_ms=round(statistics.median(st[args.warm :]) * 1e3, 3),
+                                   sampled_distinct=len({t for s in stoks for t in s}))  # fmt: skip
                 except Exception as e:
                     import traceback
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device half of the GPU recipe (see bench/gpu/README.md). Run on the GPU machine from the
 # checkout's root, after the payload pieces p00..p08 were copied to /tmp/p/ by earlier calls:
-#   bash bench/gpu/device_run.sh            # STAGES: kernels greedy pytest bench bench_v1 ops (default); also: profile
+#   bash bench/gpu/device_run.sh            # STAGES: kernels samples graphs greedy pytest bench (default); also: bench_v1 ops profile pause
 # Installs Paddle (PyPI paddlepaddle-gpu 2.6.2 + cuBLAS 12) into /tmp/site unless it is there,
 # builds the kernel library with nvcc unless it was carried, then runs each stage with its own
 # time limit and writes results to $OUT (or /tmp/out).
@@ -9,7 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-STAGES=${STAGES:-"kernels greedy pytest bench bench_v1 ops"}
+STAGES=${STAGES:-"kernels samples graphs greedy pytest bench"}
 t0=$(date +%s)
 if [ ! -d /tmp/site/paddle ]; then
   n=$(ls /tmp/p/p[0-9][0-9] 2>/dev/null | wc -l)
@@ -19,6 +19,10 @@ if [ ! -d /tmp/site/paddle ]; then
     [ "$want" = "$got" ] || { echo "payload sha256 mismatch: $got != $want"; exit 3; }
   fi
   bash bench/gpu/unpack.sh || { echo "unpack failed"; exit 4; }
+fi
+if ls /tmp/w/*.whl >/dev/null 2>&1; then  # the engine pod's packages (stage pause)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site /tmp/w/*.whl 2>&1 | grep -v -i "warning" || true
 fi
 export PYTHONPATH=/tmp/site:$PWD LD_LIBRARY_PATH=/tmp/site/nvidia/cublas/lib:${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 GLOG_minloglevel=2
@@ -39,11 +43,17 @@ for s in $STAGES; do
   case $s in
     ops) run ops_check 60 python3 bench/gpu/ops_check.py ;;
     kernels) run kernels 120 python3 bench/gpu/kernel_check.py --out "$OUT/kernels.json" ;;
+    samples) run samples 120 python3 bench/gpu/sample_check.py --out "$OUT/sample.json" ;;
+    graphs) run graphs 120 python3 bench/gpu/graph_check.py --out "$OUT/graphs.json" ;;
+    pause) mkdir -p /tmp/pglogs
+      run pause 200 python3 bench/gpu/pause_gpu.py --device gpu --models "${PAUSE_MODELS:-tiny}" \
+        --out "$OUT/pause.json" --log-dir /tmp/pglogs
+      for f in /tmp/pglogs/engine_*.log; do [ -f "$f" ] && tail -n 60 "$f" >> "$OUT/log.txt"; done ;;
     greedy) run greedy 240 python3 bench/gpu/greedy_check.py --out "$OUT/greedy.json" ;;
     pytest) run pytest 180 python3 -m pytest -q -p no:cacheprovider tests/engine/test_gpu_ops.py ;;
     bench_v1) RLFLEET_ATTN=v1 run bench_v1 150 python3 bench/gpu/decode_bench.py --out "$OUT/bench_v1.json" --graphs ;;
     profile) run profile 150 python3 bench/gpu/op_profile.py --out "$OUT/ops.json" ;;
-    bench) run bench 240 python3 bench/gpu/decode_bench.py --out "$OUT/bench.json" ${BENCH_ARGS:---graphs} ;;
+    bench) run bench 240 python3 bench/gpu/decode_bench.py --out "$OUT/bench.json" ${BENCH_ARGS:---graphs --sampling} ;;
   esac
 done
 echo "total: $(( $(date +%s) - t0 ))s"

@@ -6,6 +6,7 @@
 # warm (it is given back 30 s after a call); the last call runs unpack.sh. See FACTS.md.
 set -euo pipefail
 out=$(realpath "${1:?usage: make-payload.sh OUTDIR}")
+here=$(dirname "$(realpath "$0")")  # before the cd below ($0 may be relative)
 work=${RLFLEET_GPU_CACHE:-/tmp/rlfleet-gpu}
 mkdir -p "$work/whl" "$out"
 cd "$work"
@@ -28,6 +29,6 @@ rm -f "$out"/p[0-9][0-9]
 # the piece plus the working tree (~1.3 MB), so 62 MiB pieces leave too little room
 n=$(( ( $(stat -c %s payload.tar) + 60*1048576 - 1 ) / (60*1048576) ))
 split -n "$n" -d -a 2 payload.tar "$out/p"
-cp "$(dirname "$(realpath "$0")")/unpack.sh" "$out/"
+cp "$here/unpack.sh" "$out/"
 sha256sum payload.tar | cut -d' ' -f1 > "$out/payload.sha256"
 ls -la "$out"

@@ -67,7 +67,13 @@ def build_runner(config: EngineConfig) -> ModelRunner:
         return SyntheticModelRunner(config.model, step_delay_s=config.synthetic_step_ms / 1000.0)
     from engine_pod.model.paddle_runner import PaddleModelRunner
 
-    return PaddleModelRunner(config.model, device=config.device, seed=config.seed)
+    return PaddleModelRunner(
+        config.model,
+        device=config.device,
+        seed=config.seed,
+        cuda_graphs=config.cuda_graphs,
+        max_graph_batch=config.cuda_graph_max_batch,
+    )
 
 
 def sampling_from_wire(d: dict[str, Any]) -> SamplingParams:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 
 import paddle
@@ -15,6 +17,8 @@ from engine_pod.model.sampler import sample
 from engine_pod.model.step_plan import plan_step
 from engine_pod.model.tiny import ensure_tiny_model
 from engine_pod.model.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +36,11 @@ class PaddleModelRunner:
     float32 on CPU, the checkpoint's dtype elsewhere (override with `dtype`). The
     decoder's non-GEMM ops come from `engine_pod.model.ops.get_ops(device)`: Paddle's own
     on the CPU, our CUDA kernels on a GPU (`RLFLEET_OPS=native|cuda` overrides).
+
+    With the CUDA kernels: decode steps replay CUDA graphs (`cuda_graphs`, default on;
+    engine_pod/model/cuda_graphs.py) for batches up to `max_graph_batch`, and tokens are
+    drawn on the device (`device_sampling`, default on; `RLFLEET_SAMPLING=host` draws
+    non-greedy rows with the numpy sampler instead). Both are off on the CPU path.
     """
 
     def __init__(
@@ -40,6 +49,9 @@ class PaddleModelRunner:
         device: str = "cpu",
         seed: int = 0,
         dtype: str | None = None,
+        cuda_graphs: bool | None = None,
+        max_graph_batch: int = 128,
+        device_sampling: bool | None = None,
     ) -> None:
         self.model_dir = model_dir or ensure_tiny_model(seed=seed)
         paddle.set_device(device.replace("cuda", "gpu"))
@@ -54,10 +66,28 @@ class PaddleModelRunner:
         self.weights_path = self.model_dir
         self.decoder = PagedDecoder(cfg, self.dtype, self.ops)
         self.cache: PagedKVCache | None = None
+        self.num_blocks = 0  # blocks the engine may address (the cache may hold a scratch one)
+        if device_sampling is None:
+            device_sampling = os.environ.get("RLFLEET_SAMPLING", "device") != "host"
+        self.device_sampling = bool(device_sampling and self.ops.device_sampling)
+        self.graphs = None
+        if cuda_graphs is None or cuda_graphs:
+            if self.ops.name == "cuda":
+                from engine_pod.model.cuda_graphs import DecodeGraphs
+
+                self.graphs = DecodeGraphs(self.ops, self.decoder, max_graph_batch)
+            elif cuda_graphs:
+                log.warning("CUDA graphs need the CUDA kernels (ops %s): off", self.ops.name)
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         self.cache = None  # free the old one first
-        self.cache = PagedKVCache(self.config, num_blocks, block_size, self.dtype, self.ops)
+        if self.graphs is not None:
+            self.graphs.invalidate()
+        extra = 1 if self.graphs is not None else 0  # block num_blocks: graph padding rows
+        self.cache = PagedKVCache(self.config, num_blocks + extra, block_size, self.dtype, self.ops)
+        self.num_blocks = num_blocks
+        if self.graphs is not None:
+            self.graphs.attach(self.cache, scratch_block=num_blocks)
 
     def execute(self, batch: list[SeqWork]) -> dict[str, int]:
         if self.cache is None:
@@ -67,23 +97,36 @@ class PaddleModelRunner:
         plan = plan_step(
             batch,
             self.cache.block_size,
-            self.cache.num_blocks,
+            self.num_blocks,
             self.config.vocab_size,
             self.config.max_position_embeddings,
+            context_slots=self.ops.needs_context_slots,
         )
-        logits = self.decoder.forward_logits(self.weights, self.cache, plan)
-        if logits is None:
-            return {}
+        out = None
+        if self.graphs is not None and self.graphs.fits(plan):
+            out = self.graphs.run(self.weights, plan)
+        if out is not None:
+            logits, ids = out
+        else:
+            st = self.ops.begin_step(self.config, plan, self.decoder.rope, self.cache.block_size)
+            logits = self.decoder.forward_logits(self.weights, self.cache, plan, st)
+            if logits is None:
+                return {}
+            ids = self.ops.sample_ids(logits, st) if self.device_sampling else None
         params = [w.sampling for w in plan.sample_items]
-        if self.ops.device_greedy and all(p.greedy or p.top_k == 1 for p in params):
+        n = len(params)
+        all_greedy = all(p.greedy or p.top_k == 1 for p in params)
+        if ids is not None and (self.device_sampling or all_greedy):
+            tokens = ids.numpy()[:n].tolist()  # drawn on the device; only ids come back
+        elif self.ops.device_greedy and all_greedy:
             tokens = self.ops.greedy(logits)  # argmax on the device; only ids come back
         else:
             tokens = sample(
-                self.ops.logits_to_numpy(logits),
+                self.ops.logits_to_numpy(logits)[:n],
                 params,
                 [w.num_generated for w in plan.sample_items],
             )
-        return {w.request_id: t for w, t in zip(plan.sample_items, tokens, strict=True)}
+        return {w.request_id: int(t) for w, t in zip(plan.sample_items, tokens, strict=True)}
 
     def prepare_weights(self, path: str) -> PreparedWeights:
         np_weights = load_update(self.config, path)
@@ -92,5 +135,11 @@ class PaddleModelRunner:
     def swap_weights(self, prepared: object) -> None:
         if not isinstance(prepared, PreparedWeights):
             raise TypeError("swap_weights expects the result of prepare_weights")
-        self.weights = prepared.weights
+        if self.graphs is not None:
+            from engine_pod.model.cuda_graphs import copy_weights
+
+            # into the buffers the captured graphs read: they stay valid
+            copy_weights(self.ops, self.weights, prepared.weights)  # type: ignore[arg-type]
+        else:
+            self.weights = prepared.weights
         self.weights_path = prepared.path

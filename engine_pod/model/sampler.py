@@ -64,3 +64,35 @@ def sample(logits: np.ndarray, params: list[SamplingParams], num_generated: list
         if not (sp.greedy or sp.top_k == 1):
             out[i] = sample_row(logits[i], sp, num_generated[i])
     return [int(t) for t in out]
+
+
+def device_rows(params: list[SamplingParams], num_generated: list[int]) -> np.ndarray:
+    """Per-row parameters of the device sampler (`sample_k` in ops/kernels.cu), int64 [n, 5]:
+    temperature and top_p as float64 bits, top_k, seed (uint64 bits), counter.
+
+    Greedy rows get temperature 0. A seeded row's counter is `num_generated`, so its draw
+    depends only on (seed, position), as on the CPU (the random numbers differ from numpy's).
+    Unseeded rows get a fresh seed from the process RNG each step.
+    """
+    n = len(params)
+    floats = np.zeros((n, 2), dtype=np.float64)
+    floats[:, 1] = 1.0
+    out = np.zeros((n, 5), dtype=np.int64)
+    out[:, 2] = -1
+    unseeded = []
+    for r, sp in enumerate(params):
+        if sp.greedy or sp.top_k == 1:
+            continue  # temperature 0: argmax
+        floats[r] = (sp.temperature, sp.top_p)
+        out[r, 2] = sp.top_k
+        if sp.seed is None:
+            unseeded.append(r)
+        else:
+            seed = sp.seed & 0xFFFFFFFFFFFFFFFF
+            out[r, 3] = seed - 2**64 if seed >= 2**63 else seed  # the uint64 bits
+        out[r, 4] = num_generated[r]
+    out[:, :2] = floats.view(np.int64)
+    if unseeded:
+        fresh = _process_rng.integers(0, 2**64, size=len(unseeded), dtype=np.uint64)
+        out[unseeded, 3] = fresh.view(np.int64)
+    return out

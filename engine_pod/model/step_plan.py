@@ -81,9 +81,20 @@ def validate_item(
 
 
 def plan_step(
-    batch: list[SeqWork], block_size: int, num_blocks: int, vocab_size: int, max_len: int
+    batch: list[SeqWork],
+    block_size: int,
+    num_blocks: int,
+    vocab_size: int,
+    max_len: int,
+    context_slots: bool = True,
 ) -> StepPlan:
-    """Validate `batch` and lay it out (decode group first, then prefill chunks)."""
+    """Validate `batch` and lay it out (decode group first, then prefill chunks).
+
+    `context_slots=False` leaves the per-position context slots empty (`decode_blocks`,
+    `decode_offsets` [n, 0], each chunk's `ctx_*`): ops that read the block tables on the
+    device (CudaOps) need only the tables, and building those O(batch x context) arrays
+    is most of the host's planning time at long contexts.
+    """
     for item in batch:
         validate_item(item, block_size, num_blocks, vocab_size, max_len)
     if len({w.request_id for w in batch}) != len(batch):
@@ -108,10 +119,10 @@ def plan_step(
 
     nd = len(decode)
     lens = np.asarray([w.start_pos + 1 for w in decode], dtype=np.int64)
-    width = int(lens.max()) if nd else 0
+    width = int(lens.max()) if nd and context_slots else 0
     d_blocks = np.zeros((nd, width), dtype=np.int64)
     d_offsets = np.zeros((nd, width), dtype=np.int64)
-    for i, w in enumerate(decode):
+    for i, w in enumerate(decode if context_slots else []):
         b, o = _context_slots(w, int(lens[i]), block_size)
         d_blocks[i, : lens[i]] = b
         d_offsets[i, : lens[i]] = o
@@ -121,7 +132,8 @@ def plan_step(
     for w in items:
         n = len(w.token_ids)
         if n > 1:
-            b, o = _context_slots(w, w.start_pos + n, block_size)
+            length = w.start_pos + n if context_slots else 0
+            b, o = _context_slots(w, length, block_size)
             chunks.append(PrefillChunk(row, n, w.start_pos, b, o))
         if w.sample:
             sample_rows.append(row + n - 1)

@@ -31,6 +31,8 @@ class DecoderOps(ABC):
 
     name: str = "abstract"
     device_greedy: bool = False  # True: `greedy` runs on the device (only ids come back)
+    device_sampling: bool = False  # True: `sample_ids` draws every row on the device
+    needs_context_slots: bool = True  # False: the step plan's per-position slots are unused
 
     @abstractmethod
     def to_device(self, a: np.ndarray, dtype: str) -> paddle.Tensor:
@@ -95,6 +97,10 @@ class DecoderOps(ABC):
 
     def logits_to_numpy(self, logits: paddle.Tensor) -> np.ndarray:
         return logits.numpy()
+
+    def sample_ids(self, logits: paddle.Tensor, st: Any) -> paddle.Tensor:
+        """int64 [S] token ids drawn on the device with each row's sampling parameters."""
+        raise NotImplementedError(f"{self.name} ops do not sample on the device")
 
     def greedy(self, logits: paddle.Tensor) -> list[int]:
         """argmax of each row (first index among ties)."""

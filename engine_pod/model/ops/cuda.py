@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 import paddle
 
+from engine_pod.model.base import SamplingParams
 from engine_pod.model.hf_config import ModelConfig
 from engine_pod.model.ops import build as ops_build
 from engine_pod.model.ops.base import DecoderOps
 from engine_pod.model.safetensors_io import float32_to_bf16
+from engine_pod.model.sampler import device_rows
 from engine_pod.model.step_plan import StepPlan
 
 _P, _I, _I64, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
@@ -41,6 +43,8 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rl_paged_attention": [_P, _P, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _F, _I, _P],
     "rl_argmax": [_P, _P, _I, _I, _I, _P],
     "rl_h2d": [_P, _P, _I64, _P],
+    "rl_d2d": [_P, _P, _I64, _P],
+    "rl_sample": [_P, _P, _P, _P, _I, _I, _P],
     "rl_paged_attention_v2": [
         _P,
         _P,
@@ -67,6 +71,16 @@ _SIGNATURES: dict[str, list[Any]] = {
 ATTN_KEYS_PER_SPLIT = int(os.environ.get("RLFLEET_ATTN_KPS", "64"))
 _ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 _CODE = {"float32": 0, "bfloat16": 1, "float16": 2}
+MIN_STRIDE = 8  # smallest block-table row of a step (blocks)
+_GREEDY = SamplingParams(temperature=0.0)
+
+
+def stride_bucket(need: int) -> int:
+    """Block-table row length of a step whose longest sequence needs `need` blocks: the next
+    power of two (at least MIN_STRIDE). Paged attention's split-K partition follows the row
+    length, so eager steps and CUDA-graph replays (which must fix it) split and round alike."""
+    n = max(MIN_STRIDE, need)
+    return 1 << (n - 1).bit_length()
 
 
 class CudaError(RuntimeError):
@@ -130,6 +144,7 @@ class CudaStep:
     slot_o: int
     seq: int
     rows: int
+    samp: int  # sampling parameters [S, 5] (sampler.device_rows)
     tables: int
     table_stride: int
     max_ctx: int = 1  # longest context of a token in the step (positions.max() + 1)
@@ -138,6 +153,8 @@ class CudaStep:
 class CudaOps(DecoderOps):
     name = "cuda"
     device_greedy = True
+    device_sampling = True
+    needs_context_slots = False
 
     def __init__(self, lib_path: str | None = None) -> None:
         self.lib = load_library(lib_path)
@@ -201,28 +218,54 @@ class CudaOps(DecoderOps):
     # ------------------------------------------------------------------ step
     @staticmethod
     def pack_step(
-        plan: StepPlan, block_size: int, stride: int | None = None
+        plan: StepPlan,
+        block_size: int,
+        stride: int | None = None,
+        pad_to: int | None = None,
+        pad_block: int = 0,
     ) -> tuple[np.ndarray, list[int], int]:
         """Every index array of the step in one int64 buffer: (buffer, offsets, table stride).
 
         Layout: token ids, positions, slot blocks, slot offsets [T] each; the sequence of
-        each token [T]; sample rows [S]; block tables [items, stride].
+        each token [T]; sample rows [S]; sampling parameters [S, 5]; block tables [items,
+        stride] (unused entries `pad_block`). `pad_to` (decode steps only, every row sampled)
+        appends greedy rows at position 0 of `pad_block` up to that many: a CUDA graph
+        captured for a batch bucket runs a smaller batch.
         """
+        items = plan.items
         n_tok = int(plan.token_ids.shape[0])
-        seq = np.empty(n_tok, dtype=np.int64)
-        need = []
-        row = 0
-        for i, w in enumerate(plan.items):
-            n = len(w.token_ids)
-            seq[row : row + n] = i
-            row += n
-            need.append((w.start_pos + n + block_size - 1) // block_size)
-        stride = stride or (max(need) if need else 1)
-        tables = np.zeros((len(plan.items), stride), dtype=np.int64)
-        for i, w in enumerate(plan.items):
+        lens = [len(w.token_ids) for w in items]
+        need = [
+            (w.start_pos + n + block_size - 1) // block_size
+            for w, n in zip(items, lens, strict=True)
+        ]
+        stride = stride or stride_bucket(max(need) if need else 1)
+        n_rows = pad_to or len(items)
+        tables = np.full((n_rows, stride), pad_block, dtype=np.int64)
+        for i, w in enumerate(items):
             tables[i, : need[i]] = w.block_table[: need[i]]
-        parts = [plan.token_ids, plan.positions, plan.slot_blocks, plan.slot_offsets, seq,
-                 plan.sample_rows, tables.reshape(-1)]  # fmt: skip
+        seq = np.repeat(np.arange(len(items), dtype=np.int64), lens)
+        params = [w.sampling for w in plan.sample_items]
+        counts = [w.num_generated for w in plan.sample_items]
+        ids, pos, slot_b, slot_o = (
+            plan.token_ids,
+            plan.positions,
+            plan.slot_blocks,
+            plan.slot_offsets,
+        )
+        rows = plan.sample_rows
+        if pad_to:
+            pad = pad_to - n_tok
+            if pad < 0 or n_tok != len(items) or rows.size != n_tok:
+                raise ValueError("pad_to: only decode steps with every row sampled, up to pad_to")
+            zeros = np.zeros(pad, dtype=np.int64)
+            ids, pos, slot_o = (np.concatenate([a, zeros]) for a in (ids, pos, slot_o))
+            slot_b = np.concatenate([slot_b, np.full(pad, pad_block, dtype=np.int64)])
+            seq = rows = np.arange(pad_to, dtype=np.int64)
+            params += [_GREEDY] * pad
+            counts += [0] * pad
+        parts = [ids, pos, slot_b, slot_o, seq, rows, device_rows(params, counts).reshape(-1),
+                 tables.reshape(-1)]  # fmt: skip
         offs = np.cumsum([0] + [p.size for p in parts])
         buf = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
         return buf, [int(o) for o in offs[:-1]], stride
@@ -241,6 +284,13 @@ class CudaOps(DecoderOps):
         max_ctx = int(plan.positions.max()) + 1 if n_tok else 1
         return CudaStep(cfg, plan, rope, block_size, n_tok, int(plan.sample_rows.size), meta,
                         *addr, table_stride=stride, max_ctx=max_ctx)  # fmt: skip
+
+    def copy_into(self, dst: paddle.Tensor, src: paddle.Tensor) -> None:
+        """Overwrite device tensor `dst` with `src` (same shape and dtype) on the stream."""
+        if list(dst.shape) != list(src.shape) or dst.dtype != src.dtype:
+            raise ValueError(f"copy_into: {src.shape} {src.dtype} into {dst.shape} {dst.dtype}")
+        n = int(np.prod(dst.shape)) * _ITEMSIZE[dtype_name(dst)]
+        self._call("rl_d2d", dst.data_ptr(), src.data_ptr(), n, self.stream)
 
     def copy_to_device(self, dst: paddle.Tensor, host: np.ndarray) -> None:
         """Overwrite a device tensor in place from host memory (on the stream; graph inputs)."""
@@ -385,3 +435,19 @@ class CudaOps(DecoderOps):
 
     def greedy(self, logits: paddle.Tensor) -> list[int]:
         return [int(t) for t in self.argmax(logits).numpy()]
+
+    def sample_rows(
+        self, logits: paddle.Tensor, params_addr: int, info: paddle.Tensor | None = None
+    ) -> paddle.Tensor:
+        """int64 [rows] drawn on the device (`sample_k`): float32 logits [rows, vocab],
+        parameters int64 [rows, 5] at device address `params_addr` (sampler.device_rows);
+        `info` int64 [rows, 4] gets each row's kept set (checks). No sync: graph-capturable."""
+        rows, vocab = int(logits.shape[0]), int(logits.shape[1])
+        out = self._empty([rows], "int64")
+        self._call("rl_sample", out.data_ptr(), info.data_ptr() if info is not None else None,
+                   logits.data_ptr(), params_addr, rows, vocab, self.stream)  # fmt: skip
+        return out
+
+    def sample_ids(self, logits: paddle.Tensor, st: CudaStep) -> paddle.Tensor:
+        """The step's sampled token ids, int64 [S] on the device (greedy rows: argmax)."""
+        return self.sample_rows(logits, st.samp)

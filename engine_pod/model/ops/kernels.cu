@@ -367,10 +367,10 @@ __global__ void attn_combine_k(T* __restrict__ out, const float* __restrict__ pa
 }
 
 // ---------------------------------------------------------------- greedy sampling
-// out[r] = argmax(logits[r, :]) (first index among equal maxima, like numpy)
+// argmax of row[0, vocab) over the block: first index among equal maxima (like numpy), NaN
+// ignored; the result is valid in thread 0. Every thread of the block must call it.
 template <typename T>
-__global__ void argmax_k(int64_t* __restrict__ out, const T* __restrict__ logits, int vocab) {
-  const T* row = logits + (int64_t)blockIdx.x * vocab;
+__device__ int block_argmax(const T* __restrict__ row, int vocab) {
   float best = -INFINITY;
   int bi = 0x7fffffff;
   for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
@@ -396,6 +396,7 @@ __global__ void argmax_k(int64_t* __restrict__ out, const T* __restrict__ logits
     si[w] = bi;
   }
   __syncthreads();
+  int res = 0;
   if (w == 0) {
     best = lane < nw ? sb[lane] : -INFINITY;
     bi = lane < nw ? si[lane] : 0x7fffffff;
@@ -407,7 +408,334 @@ __global__ void argmax_k(int64_t* __restrict__ out, const T* __restrict__ logits
         bi = oi;
       }
     }
-    if (lane == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
+    res = bi == 0x7fffffff ? 0 : bi;
+  }
+  __syncthreads();  // sb / si may be reused by a later call
+  return res;
+}
+
+// out[r] = argmax(logits[r, :])
+template <typename T>
+__global__ void argmax_k(int64_t* __restrict__ out, const T* __restrict__ logits, int vocab) {
+  int b = block_argmax(logits + (int64_t)blockIdx.x * vocab, vocab);
+  if (threadIdx.x == 0) out[blockIdx.x] = b;
+}
+
+// ---------------------------------------------------------------- sampling (temperature, top-k, top-p, seed)
+// The CPU sampler's semantics (engine_pod/model/sampler.py), one block of SAMPLE_THREADS per
+// row of float32 logits. Per-row parameters, int64 [rows, 5]: temperature and top_p as float64
+// bits, top_k (<= 0: off), seed (uint64 bits), counter (tokens generated so far).
+//  - temperature <= 0 or top_k == 1: argmax (block_argmax).
+//  - kept set: the finite logits; top-k keeps exactly k of them (the k largest; among equal
+//    logits at the cut, the lowest ids); top-p then keeps the fewest largest probabilities
+//    (of softmax(logit / T) over the top-k set) whose sum reaches top_p, ties at the cut again
+//    by lowest id. Both cuts are found by radix select over an order-preserving 32-bit key of
+//    the logit (4 passes of 8 bits; counts for top-k, float64 probability mass for top-p), so
+//    the masks are exact, with no sort.
+//  - the draw: Gumbel-max (argmax over the kept set of logit / T - log(E_i), E_i ~ Exp(1)),
+//    which samples exactly softmax(logit / T) restricted to the kept set. E_i comes from a
+//    counter-based hash of (seed, counter, i): the token depends only on the row's logits,
+//    seed and counter (never on the batch), and a seeded request is reproducible.
+// info (optional) int64 [rows, 4]: cut key T, ties kept N at T, ties C at T, kept count
+// (kept = {key > T} + the N lowest-id logits of key T; T = 0: every finite logit; -1: argmax).
+#define SAMPLE_THREADS 1024
+
+// order-preserving key of a logit: a < b <=> key(a) < key(b); 0 for inf / nan (never kept)
+__device__ __forceinline__ uint32_t logit_key(float v) {
+  if (!isfinite(v)) return 0u;
+  if (v == 0.f) v = 0.f;  // -0 and +0 are one value
+  uint32_t u = __float_as_uint(v);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // finite keys are >= 0x00800000
+}
+__device__ __forceinline__ float key_logit(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {  // splitmix64's output function
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+// -log(E) with E ~ Exp(1) for element i of the row's stream h (a standard Gumbel variate)
+__device__ __forceinline__ float gumbel(uint64_t h, int i) {
+  uint32_t bits = (uint32_t)(mix64(h + (uint64_t)i * 0xD1B54A32D192ED03ull) >> 32);
+  float w = fminf(((float)bits + 0.5f) * 2.3283064365386963e-10f, 0.99999994f);  // (0, 1)
+  return -logf(-log1pf(-w));
+}
+
+template <typename V>
+__device__ V block_sum_all(V v, V* sh /* [33] */) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  if (w == 0) {
+    V x = sh[lane];  // blockDim.x == 1024: 32 warps
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    if (lane == 0) sh[32] = x;
+  }
+  __syncthreads();
+  V r = sh[32];
+  __syncthreads();
+  return r;
+}
+
+__device__ float block_max_all(float v, float* sh /* [33] */) {
+  v = warp_max(v);
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  if (w == 0) {
+    float x = warp_max(sh[lane]);
+    if (lane == 0) sh[32] = x;
+  }
+  __syncthreads();
+  float r = sh[32];
+  __syncthreads();
+  return r;
+}
+
+struct RadixState {  // shared between the threads of a radix-select pass
+  uint32_t hist_c[256];
+  double hist_m[256];
+  uint32_t prefix;
+  uint32_t count;  // elements (top-k) or kept ties (top-p) with the chosen key
+  int rem_c;
+  double rem_m;
+};
+
+__global__ void __launch_bounds__(SAMPLE_THREADS)
+    sample_k(int64_t* __restrict__ out, int64_t* __restrict__ info, const float* __restrict__ logits,
+             const int64_t* __restrict__ params, int vocab) {
+  __shared__ RadixState rs;
+  __shared__ float sh_f[33];
+  __shared__ int sh_i[33];
+  __shared__ double sh_d[33];
+  __shared__ int s_ties[32];
+  const int r = blockIdx.x, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const float* row = logits + (int64_t)r * vocab;
+  const int64_t* pr = params + (int64_t)r * 5;
+  const double temp = __longlong_as_double(pr[0]), top_p = __longlong_as_double(pr[1]);
+  const int64_t top_k = pr[2];
+  const uint64_t seed = (uint64_t)pr[3], counter = (uint64_t)pr[4];
+
+  // greedy rows, and rows without a finite logit (the CPU falls back to argmax there too)
+  float mx = -INFINITY;
+  int nfin = 0;
+  if (!(temp <= 0.0 || top_k == 1)) {
+    for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
+      float v = row[i];
+      if (isfinite(v)) {
+        mx = fmaxf(mx, v);
+        ++nfin;
+      }
+    }
+    mx = block_max_all(mx, sh_f);
+    nfin = block_sum_all(nfin, sh_i);
+  }
+  if (nfin == 0) {
+    int b = block_argmax(row, vocab);
+    if (tid == 0) {
+      out[r] = b;
+      if (info) {
+        info[r * 4] = -1;
+        info[r * 4 + 1] = info[r * 4 + 2] = 0;
+        info[r * 4 + 3] = 1;
+      }
+    }
+    return;
+  }
+  const float inv_t = (float)(1.0 / fmax(temp, 1e-6));
+
+  // top-k: the k-th largest key (thr), how many logits have it (c_thr), how many of those to keep
+  uint32_t thr = 0;
+  int n_thr = 0, c_thr = 0;
+  if (top_k > 0 && top_k < nfin) {
+    uint32_t prefix = 0, mask = 0;
+    int rem = (int)top_k;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      for (int j = tid; j < 256; j += SAMPLE_THREADS) rs.hist_c[j] = 0;
+      __syncthreads();
+      for (int i0 = w * 32; i0 < vocab; i0 += SAMPLE_THREADS) {  // warp-uniform trip count
+        int i = i0 + lane;
+        uint32_t key = i < vocab ? logit_key(row[i]) : 0u;
+        bool in = key && (key & mask) == prefix;
+        uint32_t b = in ? (key >> shift) & 255 : 256u;
+        // one atomic per distinct bucket in the warp (the first pass sees few buckets)
+        unsigned peers = __match_any_sync(0xffffffffu, b);
+        if (in && lane == __ffs(peers) - 1) atomicAdd(&rs.hist_c[b], (uint32_t)__popc(peers));
+      }
+      __syncthreads();
+      if (tid == 0) {
+        int cum = 0, b = 255;
+        for (; b > 0; --b) {
+          if (cum + (int)rs.hist_c[b] >= rem) break;
+          cum += rs.hist_c[b];
+        }
+        rs.rem_c = rem - cum;
+        rs.prefix = prefix | ((uint32_t)b << shift);
+        rs.count = rs.hist_c[b];
+      }
+      __syncthreads();
+      rem = rs.rem_c;
+      prefix = rs.prefix;
+      mask |= 255u << shift;
+    }
+    thr = prefix;
+    c_thr = (int)rs.count;
+    n_thr = rem;
+  }
+
+  // probability mass (unnormalized: exp((logit - max) / T)) of the top-k set
+  double z = 0.0;
+  for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
+    float v = row[i];
+    if (logit_key(v) > thr) z += (double)expf((v - mx) * inv_t);
+  }
+  z = block_sum_all(z, sh_d);
+  if (thr) z += (double)n_thr * (double)expf((key_logit(thr) - mx) * inv_t);
+
+  // top-p: the cut key cut_k with mass(key > cut_k) < top_p * z <= mass(key >= cut_k).
+  // Only candidates count: logits of probability < p_low, n_k * p_low <= (1 - top_p) * z
+  // together, are below the cut (the others alone reach top_p * z), so they are skipped.
+  uint32_t cut_k = thr;
+  int cut_n = n_thr, cut_c = c_thr;
+  if (top_p < 1.0) {
+    uint32_t prefix = 0, mask = 0;
+    double rem = top_p * z;
+    const double n_k = thr ? (double)top_k : (double)nfin;
+    const double p_low = 0.5 * fmax(0.0, 1.0 - top_p) * z / n_k;  // 0.5: rounding margin
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      for (int j = tid; j < 256; j += SAMPLE_THREADS) rs.hist_c[j] = 0, rs.hist_m[j] = 0.0;
+      __syncthreads();
+      for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
+        float v = row[i];
+        uint32_t key = logit_key(v);
+        if (key > thr && (key & mask) == prefix) {
+          double pv = (double)expf((v - mx) * inv_t);
+          if (pv >= p_low) {
+            int b = (key >> shift) & 255;
+            atomicAdd(&rs.hist_c[b], 1u);
+            atomicAdd(&rs.hist_m[b], pv);
+          }
+        }
+      }
+      const double p_thr = thr ? (double)expf((key_logit(thr) - mx) * inv_t) : 0.0;
+      if (tid == 0 && thr && (thr & mask) == prefix && p_thr >= p_low) {
+        int b = (thr >> shift) & 255;  // the n_thr kept ties of the top-k cut
+        atomicAdd(&rs.hist_c[b], (uint32_t)n_thr);
+        atomicAdd(&rs.hist_m[b], (double)n_thr * p_thr);
+      }
+      __syncthreads();
+      if (tid == 0) {
+        double cum = 0.0, total = 0.0;
+        int b = -1, lowest = 0;
+        for (int j = 255; j >= 0; --j) {
+          if (!rs.hist_c[j]) continue;
+          lowest = j;
+          total += rs.hist_m[j];
+          if (b < 0 && cum + rs.hist_m[j] >= rem) b = j;
+          if (b < 0) cum += rs.hist_m[j];
+        }
+        if (b < 0) {  // rounding: the whole set is short of top_p * z: keep it all
+          b = lowest;
+          cum = total - rs.hist_m[b];
+        }
+        rs.rem_m = rem - cum;
+        rs.prefix = prefix | ((uint32_t)b << shift);
+        rs.count = rs.hist_c[b];
+      }
+      __syncthreads();
+      rem = rs.rem_m;
+      prefix = rs.prefix;
+      mask |= 255u << shift;
+    }
+    cut_k = prefix;
+    double p_cut = (double)expf((key_logit(cut_k) - mx) * inv_t);
+    int avail = (int)rs.count;  // ties at cut_k inside the top-k set
+    int need = (int)ceil(rem / p_cut - 1e-9);  // ties needed to reach the mass
+    cut_n = max(1, min(avail, need));
+    cut_c = cut_k == thr ? c_thr : avail;
+  }
+
+  // which ties at the cut are kept: the cut_n lowest ids (only counted when some are dropped)
+  const bool rank = cut_k != 0 && cut_n < cut_c;
+  const int seg = ((vocab + 31) / 32 + 31) / 32 * 32;  // each warp walks one run of ids in order
+  const int beg = w * seg, end = min(vocab, beg + seg);
+  if (rank) {
+    int c = 0;
+    for (int i = beg + lane; i < end; i += 32) c += logit_key(row[i]) == cut_k;
+    for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
+    if (lane == 0) s_ties[w] = c;
+    __syncthreads();
+    if (tid == 0) {
+      int acc = 0;
+      for (int j = 0; j < 32; ++j) {
+        int cj = s_ties[j];
+        s_ties[j] = acc;
+        acc += cj;
+      }
+    }
+    __syncthreads();
+  }
+  int tie_base = rank ? s_ties[w] : 0;
+
+  // Gumbel-max over the kept set
+  const uint64_t h = mix64(seed ^ mix64(counter));
+  float best = -INFINITY;
+  int bi = 0x7fffffff, kept = 0;
+  for (int i0 = beg; i0 < end; i0 += 32) {
+    int i = i0 + lane;
+    float v = i < end ? row[i] : 0.f;
+    uint32_t key = i < end ? logit_key(v) : 0u;
+    bool tie = cut_k != 0 && key == cut_k;
+    unsigned bal = __ballot_sync(0xffffffffu, tie);
+    bool keep = key > cut_k || (tie && (!rank || tie_base + __popc(bal & ((1u << lane) - 1u)) < cut_n));
+    tie_base += __popc(bal);
+    if (keep) {
+      ++kept;
+      float s = (v - mx) * inv_t + gumbel(h, i);
+      if (s > best || (s == best && i < bi)) {
+        best = s;
+        bi = i;
+      }
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    float ob = __shfl_xor_sync(0xffffffffu, best, o);
+    int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ob > best || (ob == best && oi < bi)) {
+      best = ob;
+      bi = oi;
+    }
+  }
+  if (lane == 0) {
+    sh_f[w] = best;
+    sh_i[w] = bi;
+  }
+  __syncthreads();
+  if (w == 0) {
+    best = sh_f[lane];
+    bi = sh_i[lane];
+    for (int o = 16; o > 0; o >>= 1) {
+      float ob = __shfl_xor_sync(0xffffffffu, best, o);
+      int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ob > best || (ob == best && oi < bi)) {
+        best = ob;
+        bi = oi;
+      }
+    }
+  }
+  __syncthreads();
+  int n_kept = block_sum_all(kept, sh_i);
+  if (tid == 0) {
+    out[r] = bi == 0x7fffffff ? 0 : bi;
+    if (info) {
+      info[r * 4] = cut_k;
+      info[r * 4 + 1] = cut_n;
+      info[r * 4 + 2] = cut_c;
+      info[r * 4 + 3] = n_kept;
+    }
   }
 }
 
@@ -431,7 +759,7 @@ static inline int rows_threads(int h) {
 
 extern "C" {
 
-int rl_version() { return 3; }
+int rl_version() { return 4; }
 
 int rl_zero(void* p, int64_t nbytes, void* stream) {
   cudaMemsetAsync(p, 0, (size_t)nbytes, (cudaStream_t)stream);
@@ -557,11 +885,26 @@ int rl_argmax(void* out, const void* logits, int rows, int vocab, int dtype, voi
   return (int)cudaGetLastError();
 }
 
+// sampling: out int64 [rows]; params int64 [rows, 5]; info int64 [rows, 4] or NULL (see sample_k)
+int rl_sample(void* out, void* info, const void* logits, const void* params, int rows, int vocab,
+              void* stream) {
+  if (rows == 0) return 0;
+  sample_k<<<rows, SAMPLE_THREADS, 0, (cudaStream_t)stream>>>(
+      (int64_t*)out, (int64_t*)info, (const float*)logits, (const int64_t*)params, vocab);
+  return (int)cudaGetLastError();
+}
+
 int rl_sync() { return (int)cudaDeviceSynchronize(); }
 
 // host → device copy on the stream (for static buffers that a CUDA graph reads)
 int rl_h2d(void* dst, const void* src, int64_t nbytes, void* stream) {
   cudaMemcpyAsync(dst, src, (size_t)nbytes, cudaMemcpyHostToDevice, (cudaStream_t)stream);
+  return (int)cudaGetLastError();
+}
+
+// device → device copy on the stream (new weights into the buffers a CUDA graph reads)
+int rl_d2d(void* dst, const void* src, int64_t nbytes, void* stream) {
+  cudaMemcpyAsync(dst, src, (size_t)nbytes, cudaMemcpyDeviceToDevice, (cudaStream_t)stream);
   return (int)cudaGetLastError();
 }
 

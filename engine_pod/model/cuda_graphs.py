@@ -1,0 +1,173 @@
+"""CUDA graphs of decode steps for the GPU runner (`PaddleModelRunner` with `CudaOps`).
+
+A decode step launches ~250 small kernels (24 layers x ~10 ops, head, sampler); eagerly,
+the host's Python launch cost is several times the GPU's work. So each decode step shape
+is captured once as a CUDA graph (`paddle.device.cuda.graphs.CUDAGraph`) and replayed:
+
+- key = (batch bucket, block-table stride bucket). A batch of n decode rows runs in the
+  graph of the smallest bucket >= n, padded with greedy rows that write and read only a
+  scratch KV block (the cache has one block more than the engine's block manager sees).
+  The stride is `cuda.stride_bucket` of the longest context, the same rule eager steps
+  use, so paged attention splits and rounds alike in both.
+- the step's indices (token ids, positions, slots, block tables, sampling parameters)
+  live in one static int64 device buffer, overwritten from the host before each replay;
+  the graph's logits and sampled ids are static device tensors read after it.
+- captured lazily, on a shape's first step (an eager warm-up on padding rows first, so
+  cuBLAS has its handles and workspaces). Eager steps remain for prefill and mixed steps,
+  batches over the largest bucket, and any shape whose capture failed.
+- weights: `PaddleModelRunner.swap_weights` copies new weights into the tensors the graphs
+  read, so the graphs stay valid across updates; a new KV cache (`allocate_kv_cache`)
+  drops every graph (`attach`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import paddle
+
+from engine_pod.model.base import SamplingParams, SeqWork
+from engine_pod.model.llama import DecoderWeights, PagedDecoder, PagedKVCache
+from engine_pod.model.ops.cuda import CudaOps, stride_bucket
+from engine_pod.model.step_plan import StepPlan, plan_step
+
+log = logging.getLogger(__name__)
+
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+_PAD = SamplingParams(temperature=0.0)
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """The captured batch sizes up to `max_batch` (which is always one)."""
+    return [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
+
+
+def weight_tensors(w: DecoderWeights) -> list[paddle.Tensor]:
+    """Every distinct weight tensor, in a fixed order (a tied lm_head once)."""
+    out = [w.embed, w.norm] + ([] if w.lm_head is w.embed else [w.lm_head])
+    for lw in w.layers:
+        out += [lw.input_norm, lw.qkv, lw.o, lw.post_norm, lw.gate_up, lw.down]
+        out += [t for t in (lw.qkv_bias, lw.o_bias) if t is not None]
+    return out
+
+
+def copy_weights(ops: CudaOps, dst: DecoderWeights, src: DecoderWeights) -> None:
+    """Overwrite `dst`'s device tensors with `src`'s (same model config), then synchronize."""
+    a, b = weight_tensors(dst), weight_tensors(src)
+    if len(a) != len(b):
+        raise ValueError(f"weights differ in structure: {len(a)} vs {len(b)} tensors")
+    ops.refresh_stream()
+    for d, s in zip(a, b, strict=True):
+        ops.copy_into(d, s)
+    ops.synchronize()
+
+
+@dataclass
+class _Graph:
+    graph: Any  # paddle.device.cuda.graphs.CUDAGraph
+    meta: paddle.Tensor  # int64: the step's indices (CudaOps.pack_step layout)
+    logits: paddle.Tensor  # float32 [batch, vocab]
+    ids: paddle.Tensor  # int64 [batch] sampled on the device
+
+
+class DecodeGraphs:
+    """Captured decode steps of one runner, keyed by (batch bucket, table stride)."""
+
+    def __init__(self, ops: CudaOps, decoder: PagedDecoder, max_batch: int = 128) -> None:
+        self.ops, self.decoder = ops, decoder
+        self.buckets = batch_buckets(max_batch)
+        self.graphs: dict[tuple[int, int], _Graph] = {}
+        self.failed: set[tuple[int, int]] = set()
+        self.cache: PagedKVCache | None = None
+        self.scratch = 0
+        self.captures = self.replays = 0
+
+    def attach(self, cache: PagedKVCache, scratch_block: int) -> None:
+        """Use a new KV cache (its block `scratch_block` is reserved for padding rows)."""
+        self.invalidate()
+        self.cache, self.scratch = cache, scratch_block
+
+    def invalidate(self) -> None:
+        """Drop every graph (their memory returns to Paddle); later steps recapture."""
+        for g in self.graphs.values():
+            g.graph.reset()
+        self.graphs.clear()
+        self.failed.clear()
+
+    def bucket(self, n: int) -> int:
+        return next(b for b in self.buckets if b >= n)
+
+    def fits(self, plan: StepPlan) -> bool:
+        """A decode-only step, every row sampled, within the largest bucket."""
+        n = len(plan.items)
+        return (
+            self.cache is not None
+            and 0 < n <= self.buckets[-1]
+            and plan.num_decode == n
+            and plan.sample_rows.size == n
+        )
+
+    def key(self, plan: StepPlan) -> tuple[int, int]:
+        bs = self.cache.block_size  # type: ignore[union-attr]
+        need = max(w.start_pos // bs + 1 for w in plan.items)
+        return self.bucket(len(plan.items)), stride_bucket(need)
+
+    def run(
+        self, weights: DecoderWeights, plan: StepPlan
+    ) -> tuple[paddle.Tensor, paddle.Tensor] | None:
+        """Replay the step's graph (capturing it first if new): (logits, ids) with the
+        batch's rows first, or None when this shape cannot be captured (run it eagerly)."""
+        key = self.key(plan)
+        g = self.graphs.get(key)
+        if g is None:
+            if key in self.failed:
+                return None
+            try:
+                g = self._capture(weights, *key)
+            except Exception:
+                log.exception("CUDA graph capture for batch %d, stride %d failed: eager", *key)
+                self.failed.add(key)
+                return None
+            self.graphs[key] = g
+        buf, _, _ = self.ops.pack_step(plan, self.cache.block_size, stride=key[1],  # type: ignore[union-attr]
+                                       pad_to=key[0], pad_block=self.scratch)  # fmt: skip
+        if buf.size != int(g.meta.shape[0]):
+            raise RuntimeError(f"graph input {buf.size} != captured {g.meta.shape[0]}")
+        self.ops.refresh_stream()
+        self.ops.copy_to_device(g.meta, buf)
+        g.graph.replay()
+        self.replays += 1
+        return g.logits, g.ids
+
+    def _capture(self, weights: DecoderWeights, batch: int, stride: int) -> _Graph:
+        from paddle.device.cuda.graphs import CUDAGraph
+
+        ops, dec, cache = self.ops, self.decoder, self.cache
+        assert cache is not None
+        cfg, bs = dec.cfg, cache.block_size
+        pads = [SeqWork(f"pad{i}", [0], 0, [self.scratch], True, _PAD) for i in range(batch)]
+        plan = plan_step(pads, bs, cache.num_blocks, cfg.vocab_size,
+                         cfg.max_position_embeddings, context_slots=False)  # fmt: skip
+        buf, offs, _ = ops.pack_step(plan, bs, stride=stride, pad_to=batch, pad_block=self.scratch)
+        meta = ops.upload_int64(buf)
+
+        def step() -> tuple[paddle.Tensor, paddle.Tensor]:
+            st = ops.step_on(cfg, plan, dec.rope, bs, meta, offs, stride)
+            logits = dec.forward_logits(weights, cache, plan, st)
+            return logits, ops.sample_ids(logits, st)
+
+        ops.refresh_stream()
+        step()  # warm-up: cuBLAS handles and workspaces exist before the capture
+        ops.synchronize()
+        graph = CUDAGraph()
+        graph.capture_begin()
+        try:
+            ops.refresh_stream()
+            logits, ids = step()
+        finally:
+            graph.capture_end()
+            ops.refresh_stream()
+        self.captures += 1
+        return _Graph(graph, meta, logits, ids)
