@@ -105,15 +105,13 @@ class LocalCluster:
         workdir: str | Path,
         ports: Ports | None = None,
         pod_env: dict[str, str] | None = None,
-        pod_cwd: str | Path = REPO_ROOT,
         log=print,
     ) -> None:
         """pod_env: extra environment for every pod process (on top of this
-        process's environment); pod_cwd: the pods' working directory."""
+        process's environment). A pod's working directory is its own (see node_agent)."""
         self.workdir = Path(workdir).resolve()
         self.ports = ports or Ports.pick()
         self.pod_env = dict(pod_env or {})
-        self.pod_cwd = Path(pod_cwd)
         self.log = log
         self.certs = self.workdir / "certs"
         self.logs = self.workdir / "logs"
@@ -316,7 +314,6 @@ class LocalCluster:
             sys.executable, "-m", "e2e.node_agent",
             "--kubeconfig", str(self.kubeconfig), "--node-name", NODE_NAME,
             "--state-dir", str(self.node_dir), "--control-port", str(self.ports.node_agent),
-            "--pod-cwd", str(self.pod_cwd),
         ], env=env)  # fmt: skip
 
     def _wait_usable(self, timeout: float) -> None:

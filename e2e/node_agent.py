@@ -9,7 +9,10 @@ Started by LocalCluster (`python -m e2e.node_agent ...`). It
   clusters, via lock files in /tmp/rlfleet-pod-ips), resolves the first
   container's env as the kubelet does (e2e/podenv.py), and runs its
   `command + args` as a local process in its own process group, with
-  stdout+stderr appended to <state-dir>/pods/<namespace>_<name>.log.
+  stdout+stderr appended to <state-dir>/pods/<namespace>_<name>.log, in the
+  pod's own working directory <state-dir>/pods/<ns>_<name>_<uid8>.root
+  (unless the container's workingDir exists): relative paths resolve in a
+  filesystem of the pod's own, as in a container; removed with the pod.
   The image is ignored: the host's Python environment *is* the image
   (`python`/`python3` as argv[0] means this interpreter; the process
   inherits the agent's environment, then gets the container's variables,
@@ -28,7 +31,7 @@ Started by LocalCluster (`python -m e2e.node_agent ...`). It
   (at most 5 s), SIGKILL, then delete the pod with grace period 0.
 
 Fault-injection control on 127.0.0.1:<control-port>:
-    GET  /pods                               -> [{namespace, name, ip, pid, restarts, ready, ...}]
+    GET  /pods                               -> [{namespace, name, ip, pid, restarts, ready, root, ...}]
     POST /pods/<namespace>/<name>/kill?signal=KILL|TERM|STOP|CONT|<n>
          signals the pod's process group; a resulting exit is handled like
          any crash (restart per policy). 404 if the pod has no process.
@@ -47,6 +50,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,6 +170,9 @@ class PodWorker(threading.Thread):
         self.pod_dir = agent.state_dir / "pods" / self.key
         self.log_path = agent.state_dir / "pods" / f"{self.key}.log"
         self.pid_file = agent.state_dir / "pids" / f"{self.key}_{self.uid[:8]}.pid"
+        # The pod's own directory, its working directory: what a container's own filesystem is
+        # to relative paths (one pod never sees another's files, nor a deleted namesake's).
+        self.root_dir = agent.state_dir / "pods" / f"{self.key}_{self.uid[:8]}.root"
 
     # -- events from the agent -----------------------------------------------
 
@@ -196,6 +203,7 @@ class PodWorker(threading.Thread):
             self._stop_process()
             self.agent.ips.release(self.ip)
             if self.deleting.is_set() and not self.agent.shutdown.is_set():
+                shutil.rmtree(self.root_dir, ignore_errors=True)
                 self._delete_pod()
             self.agent.forget(self)
 
@@ -280,8 +288,12 @@ class PodWorker(threading.Thread):
     # -- the process -------------------------------------------------------------
 
     def _cwd(self) -> Path:
+        """The container's workingDir if it exists here, else the pod's own directory."""
         wd = self.container.get("workingDir")
-        return Path(wd) if wd and Path(wd).is_dir() else self.agent.pod_cwd
+        if wd and Path(wd).is_dir():
+            return Path(wd)
+        self.root_dir.mkdir(parents=True, exist_ok=True)
+        return self.root_dir
 
     def _proc_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -480,17 +492,15 @@ class PodWorker(threading.Thread):
         alive = self.proc is not None and self.proc.poll() is None
         return {"namespace": self.ns, "name": self.name, "uid": self.uid, "ip": self.ip,
                 "pid": self.proc.pid if alive else None, "restarts": self.restarts,
-                "ready": self.ready and alive, "phase": self.phase, "log": str(self.log_path)}  # fmt: skip
+                "ready": self.ready and alive, "phase": self.phase, "log": str(self.log_path),
+                "root": str(self.root_dir)}  # fmt: skip
 
 
 class Agent:
-    def __init__(
-        self, api: KubeApi, node: str, state_dir: Path, pod_cwd: Path, capacity: dict[str, str]
-    ) -> None:
+    def __init__(self, api: KubeApi, node: str, state_dir: Path, capacity: dict[str, str]) -> None:
         self.api = api
         self.node = node
         self.state_dir = state_dir
-        self.pod_cwd = pod_cwd
         self.capacity = capacity
         self.ips = IpPool(Path(os.environ.get("RLFLEET_POD_IP_CLAIMS", "/tmp/rlfleet-pod-ips")))
         self.shutdown = threading.Event()
@@ -702,7 +712,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-name", default="rlfleet-local")
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--control-port", type=int, required=True)
-    parser.add_argument("--pod-cwd", type=Path, default=Path.cwd())
     parser.add_argument("--capacity", default="{}", help="JSON overrides of the node capacity")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -714,7 +723,6 @@ def main(argv: list[str] | None = None) -> int:
         KubeApi.from_kubeconfig(args.kubeconfig),
         args.node_name,
         args.state_dir,
-        args.pod_cwd,
         capacity,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -762,6 +762,202 @@ def test_rl_loop_retract_pause_sync_resume_loses_no_stream(
     )  # every stream got all its tokens, across the sync
 
 
+# -- 11b. a weights change is a transaction: Fence and Rollback ---------------------------------------
+
+
+def pod_root(fleet: Fleet, pod: str) -> Path:
+    """The pod's own working directory on the node (e2e/node_agent.py: its filesystem)."""
+    found = [
+        p
+        for p in fleet.cluster.local_pods()
+        if (p["namespace"], p["name"]) == (fleet.namespace, pod)
+    ]
+    assert len(found) == 1, found
+    return Path(found[0]["root"])
+
+
+def place_checkpoint(fleet: Fleet, pod: str, rel: str, checkpoint: Path) -> None:
+    """The checkpoint reaches `rel` in the pod's own filesystem (as a node-local copy would)."""
+    dest = pod_root(fleet, pod) / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(checkpoint, dest)
+
+
+def serving_addresses(fleet: Fleet, pool: str) -> set[str]:
+    """Ready addresses of the pool's client Service, from its EndpointSlices (what a proxy or
+    gateway routes to; v1 Endpoints refuse loopback addresses on this cluster)."""
+    slices = fleet.cluster.get_json(
+        "endpointslices", "-n", fleet.namespace, "-l", f"kubernetes.io/service-name={pool}"
+    )["items"]
+    return {
+        addr
+        for s in slices
+        for ep in s.get("endpoints") or ()
+        if (ep.get("conditions") or {}).get("ready", True)
+        for addr in ep.get("addresses") or ()
+    }
+
+
+def serving_label(fleet: Fleet, pod: str) -> str | None:
+    return pod_json(fleet, pod)["metadata"].get("labels", {}).get("rlfleet.io/serving")
+
+
+def new_checkpoint(tmp_path: Path, name: str, seed: int) -> Path:
+    out = tmp_path / name
+    subprocess.run(
+        [sys.executable, "-m", "engine_pod.model.tiny", "--out", str(out), "--seed", str(seed)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return out
+
+
+def test_rl_loop_replica_missing_the_checkpoint_is_fenced_then_serves_again(
+    fleet: Fleet, pools: list[str], checkpoint: Path
+) -> None:
+    """failurePolicy Fence (default): the replica whose node lacks the checkpoint leaves the
+    Service while the others serve the new weights; once the checkpoint reaches it, the retry
+    loads it and the replica serves again. No stream of the RL loop is lost, not even its own."""
+    from engine_pod.model.digest import verify_checkpoint
+
+    name, reps = create_ready(
+        fleet,
+        pools,
+        "fence",
+        3,
+        engine_args={**SYNTHETIC, "synthetic-step-ms": 20},
+        pause_mode="retract",
+    )
+    headers = auth(fleet, name)
+    every = {r.ip for r in reps}
+    wait_until(
+        lambda: serving_addresses(fleet, name) == every,
+        timeout=60,
+        what="every replica in the client Service's EndpointSlice",
+    )
+    bad, good = reps[2], reps[:2]
+    rel = "ckpt/step-1"  # node-local checkpoint path, relative to each pod's own filesystem
+    for rep in good:
+        place_checkpoint(fleet, rep.pod, rel, checkpoint)
+    digest = verify_checkpoint(str(checkpoint))
+
+    load = StreamingLoad(reps, clients_per_replica=2, max_tokens=60).start()
+    load.wait_streaming(min_tokens_per_replica=10)
+    fleet.patch(name, {"paused": True})
+    wait_paused(fleet, name)
+    fleet.patch(name, {"weights": {"version": "step-1", "path": rel, "digest": digest}})
+    wait_synced(fleet, name)
+    st = status(fleet, name)
+    synced = cond(st, "WeightsSynced")
+    assert synced["reason"] == "ReplicasFenced" and bad.pod in synced["message"], on_failure(
+        fleet, name
+    )
+    row = rows(st)[bad.pod]
+    assert row["fenced"] is True and "step-1" not in row.get("weightsVersion", ""), row
+    assert serving_label(fleet, bad.pod) == "false"
+    good_ips = {r.ip for r in good}
+    wait_until(
+        lambda: serving_addresses(fleet, name) == good_ips,
+        timeout=60,
+        what=f"{bad.pod}'s address gone from the EndpointSlice",
+    )
+    assert events_of(fleet, name, "ReplicaFenced")
+
+    fleet.patch(name, {"paused": False})
+    wait_resumed(fleet, name)
+    for rep in good:
+        s = engine_state(rep, headers)
+        assert (s["state"], s["weights_version"], s["weights_digest"]) == (
+            "running",
+            "step-1",
+            digest,
+        )
+        assert complete(rep).status_code == 200
+    s = engine_state(bad, headers)
+    assert s["state"] == "paused" and s["weights_version"] != "step-1", s  # never serves stale
+    assert complete(bad).status_code == 503
+    assert serving_addresses(fleet, name) == good_ips
+
+    place_checkpoint(fleet, bad.pod, rel, checkpoint)  # the copy reaches the third node
+    wait_until(
+        lambda: serving_addresses(fleet, name) == every,
+        timeout=180,
+        what=f"{bad.pod} back in the EndpointSlice after a good retry",
+    )
+    s = engine_state(bad, headers)
+    assert (s["state"], s["weights_version"], s["weights_digest"]) == ("running", "step-1", digest)
+    assert serving_label(fleet, bad.pod) == "true"
+    wait_until(
+        lambda: cond(status(fleet, name), "WeightsSynced").get("reason") == "AllReplicasSynced",
+        timeout=60,
+        what="WeightsSynced AllReplicasSynced once nothing is fenced",
+    )
+    assert status(fleet, name)["fencedReplicas"] == 0
+
+    report = load.stop()
+    by = report.by_outcome()
+    assert by["aborted"] == 0 and by["failed"] == 0, [
+        r.detail for r in report.records if r.outcome == "failed"
+    ]
+    done = [r for r in report.records if r.outcome == "completed"]
+    assert {r.replica for r in done} == {r.pod for r in reps}
+    assert all(r.tokens == 60 for r in done)  # the fenced replica's streams continued too
+
+
+def test_rollback_pool_restores_the_committed_weights_on_every_replica(
+    fleet: Fleet, pools: list[str], checkpoint: Path, tmp_path: Path
+) -> None:
+    """failurePolicy Rollback: one replica cannot load step-2, so every replica goes back to
+    step-1 (the committed weights) and the pool says why; it resumes on step-1 everywhere."""
+    from engine_pod.model.digest import verify_checkpoint
+
+    name, reps = create_ready(fleet, pools, "rollback", 2)
+    headers = auth(fleet, name)
+    digest1 = verify_checkpoint(str(checkpoint))
+    step1 = {"version": "step-1", "path": str(checkpoint), "failurePolicy": "Rollback"}
+    fleet.patch(name, {"paused": True, "weights": step1})
+    wait_synced(fleet, name)
+    wait_until(
+        lambda: (status(fleet, name).get("committedWeights") or {}).get("version") == "step-1",
+        timeout=60,
+        what="status.committedWeights step-1",
+    )
+
+    step2 = new_checkpoint(tmp_path, "step-2", seed=2)
+    rel = "ckpt/step-2"
+    place_checkpoint(fleet, reps[0].pod, rel, step2)  # reps[1]'s node never gets it
+    fleet.patch(name, {"weights": {**step1, "version": "step-2", "path": rel}})
+    wait_until(
+        lambda: cond(status(fleet, name), "WeightsSynced").get("reason") == "RolledBack",
+        timeout=120,
+        what="WeightsSynced=False (RolledBack)",
+    )
+    wait_until(
+        lambda: all(engine_state(r, headers)["weights_version"] == "step-1" for r in reps),
+        timeout=120,
+        what="every replica back on step-1",
+    )
+    for rep in reps:
+        s = engine_state(rep, headers)
+        assert (s["weights_digest"], s["weights_path"]) == (digest1, str(checkpoint)), s
+    st = status(fleet, name)
+    rollback = st["rollback"]
+    assert (rollback["failedVersion"], rollback["restoredVersion"]) == ("step-2", "step-1")
+    assert reps[1].pod in rollback["reason"] and reps[1].pod in cond(st, "WeightsSynced")["message"]
+    state = fleet.cluster.get_json("configmap", f"{name}-state", "-n", fleet.namespace)
+    assert state["data"]["weightsVersion"] == "step-1"  # a restarted pod starts on step-1 too
+    assert events_of(fleet, name, "RollingBack")
+
+    fleet.patch(name, {"paused": False})
+    wait_resumed(fleet, name)
+    for rep in reps:
+        s = engine_state(rep, headers)
+        assert (s["state"], s["weights_version"]) == ("running", "step-1"), s
+        assert complete(rep).status_code == 200
+    assert status(fleet, name)["weightsDigest"] == digest1
+
+
 # -- 12. helm test ----------------------------------------------------------------------------------
 
 
