@@ -284,6 +284,27 @@ def test_fence_policy_retries_the_same_weights_rollback_does_not(no_cooldown: No
     run(go())
 
 
+def test_rollback_with_nothing_committed_fences_instead() -> None:
+    """Engines that do not say where their start weights came from: nothing to go back to."""
+
+    async def go() -> None:
+        async with Fleet(2) as fleet:
+            for e in fleet.engines:
+                e.weights_path = ""
+            kube, rec, events = setup(fleet)
+            status = await rec.converge("ml", "pool")
+            assert "committedWeights" not in status
+
+            set_spec(kube, paused=True, weights={**V2, "failurePolicy": "Rollback"})
+            fleet.engines[0].bad_paths.add("/ckpt/v2")
+            status = await rec.converge("ml", "pool")
+            assert "RollbackImpossible" in reasons(events) and "rollback" not in status
+            assert kube.serving() == {"pool-0": "false", "pool-1": "true"}
+            assert cond(status, c.WEIGHTS_SYNCED)["reason"] == "ReplicasFenced"
+
+    run(go())
+
+
 # -- per-replica pause figures -------------------------------------------------------------------
 
 
