@@ -746,8 +746,15 @@ def test_rl_loop_retract_pause_sync_resume_loses_no_stream(
         timeout=60,
         what="status.weightsDigest: one digest across the pool",
     )
-    for row in rows(status(fleet, name)).values():
+    by_pod = rows(status(fleet, name))
+    for row in by_pod.values():
         assert (row["weightsDigest"], row["pauseMode"]) == (digest, "retract"), row
+    # Per replica: the streams the pause retracted (they continue after resume), none kept.
+    for rep in reps:
+        st = engine_state(rep, headers)
+        row = by_pod[rep.pod]
+        assert (row["retractedRequests"], row["keptRequests"]) == (st["retracted"], 0), row
+    assert sum(r["retractedRequests"] for r in by_pod.values()) > 0
 
     fleet.patch(name, {"paused": False})
     wait_resumed(fleet, name)
