@@ -136,6 +136,29 @@ def done(
     return False
 
 
+def failure(
+    command: str, pool: Mapping[str, Any], generation: int, version: str | None = None
+) -> str | None:
+    """Why `command` patched at `generation` cannot succeed any more, or None.
+
+    Only a rolled-back sync is final: the operator never retries weights it rolled back
+    while spec.weights names them. A fenced replica or a failed load under Fence is
+    retried, so waiting on those still makes sense.
+    """
+    if command != "sync-weights":
+        return None
+    cond = _cond(pool, c.WEIGHTS_SYNCED)
+    rollback = (pool.get("status") or {}).get("rollback") or {}
+    if (
+        cond.get("status") == "False"
+        and cond.get("reason") == "RolledBack"
+        and _observed(cond, pool, generation)
+        and rollback.get("failedVersion") == version
+    ):
+        return cond.get("message") or f"{version!r} was rolled back"
+    return None
+
+
 def render(pool: Mapping[str, Any]) -> Group:
     """Pool summary, conditions and one row per replica."""
     meta = pool.get("metadata") or {}
@@ -301,10 +324,17 @@ def run(args: argparse.Namespace, api: PoolAPI, console: Console) -> int:
     version = getattr(args, "version", None)
     ok, pool = wait_for(
         lambda: api.get(namespace, args.name),
-        lambda p: done(args.command, p, generation, version),
+        lambda p: (
+            done(args.command, p, generation, version)
+            or failure(args.command, p, generation, version) is not None
+        ),
         args.timeout,
         console,
     )
+    why = failure(args.command, pool, generation, version)
+    if why is not None:
+        console.print(f"[red]{args.command} failed: {why}[/red]")
+        return EXIT_FAILED
     if not ok:
         console.print(
             f"[red]timed out after {args.timeout:g}s (phase {(pool.get('status') or {}).get('phase')})[/red]"

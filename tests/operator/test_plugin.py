@@ -151,3 +151,31 @@ def test_run_pause_wait_uses_default_namespace() -> None:
         and api.patches == [("ml", "r", {"spec": {"paused": True}})]
         and api.gets >= 2
     )
+
+
+class RolledBackAPI(FakeAPI):
+    """A pool whose operator rolls the patched weights back on the second read."""
+
+    def get(self, namespace: str, name: str) -> dict[str, Any]:
+        self.gets += 1
+        if self.gets < 2:
+            return pool(7, conditions=[cond("WeightsSynced", "False", "Syncing", 7)])
+        return pool(
+            7,
+            conditions=[cond("WeightsSynced", "False", "RolledBack", 7)],
+            rollback={"failedVersion": "v2", "restoredVersion": "v1"},
+        )
+
+
+def test_sync_wait_fails_fast_when_the_pool_rolls_the_weights_back() -> None:
+    api = RolledBackAPI()
+    args = parse("sync-weights", "r", "--version", "v2", "--path", "/c/v2", "--wait")
+    rc = plugin.run(args, api, Console(file=open("/dev/null", "w")))  # noqa: SIM115
+    assert rc == plugin.EXIT_FAILED and api.gets == 2
+    # An older rollback (another version) is not this sync's failure.
+    other = pool(
+        7,
+        conditions=[cond("WeightsSynced", "False", "RolledBack", 7)],
+        rollback={"failedVersion": "v1"},
+    )
+    assert plugin.failure("sync-weights", other, 7, "v2") is None
