@@ -34,6 +34,7 @@ class EngineConfig:
     start_paused: bool = False
     weights_path: str | None = None
     weights_version: str | None = None
+    weights_digest: str | None = None  # sha256 the start checkpoint must have
     seed: int = 0
     pause_timeout_s: float = 30.0
     admission_queue_size: int = 256
@@ -130,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="version label of the starting weights [env RLFLEET_WEIGHTS_VERSION]",
     )
     p.add_argument(
+        "--weights-digest",
+        default=env("RLFLEET_WEIGHTS_DIGEST") or None,
+        help="sha256 digest the --weights-path checkpoint must have (python -m "
+        "engine_pod.model.digest DIR); a mismatch stops the start [env RLFLEET_WEIGHTS_DIGEST]",
+    )
+    p.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -195,6 +202,7 @@ def config_from_args(argv: list[str] | None = None) -> EngineConfig:
         start_paused=a.start_paused,
         weights_path=a.weights_path,
         weights_version=a.weights_version,
+        weights_digest=a.weights_digest,
         seed=a.seed,
         pause_timeout_s=a.pause_timeout_s,
         admission_queue_size=a.admission_queue_size,

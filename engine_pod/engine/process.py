@@ -284,14 +284,16 @@ def run_engine_process(config: EngineConfig, addrs: IpcAddresses) -> None:
         t0 = time.monotonic()
         runner = build_runner(config)
         version = config.weights_version or "base"
-        weights_dir = getattr(runner, "weights_path", None) or config.model
         if config.weights_path:
+            # Checked before loading: a replica never starts serving unverified weights.
+            digest = verify_checkpoint(config.weights_path, config.weights_digest)
             runner.swap_weights(runner.prepare_weights(config.weights_path))
-            weights_dir = config.weights_path
             version = config.weights_version or os.path.basename(
                 os.path.normpath(config.weights_path)
             )
-        digest = verify_checkpoint(weights_dir) if weights_dir else ""
+        else:
+            weights_dir = getattr(runner, "weights_path", None) or config.model
+            digest = verify_checkpoint(weights_dir) if weights_dir else ""
         core = EngineCore(config, runner, sender.put, sender.flush, version, digest)
         log.info(
             "model loaded in %.2fs (runner=%s, weights=%s)",

@@ -28,6 +28,7 @@ ANNOTATION_FENCED = "rlfleet.io/fenced"  # why a fenced replica is out of servin
 STATE_PAUSED = "paused"
 STATE_WEIGHTS_PATH = "weightsPath"
 STATE_WEIGHTS_VERSION = "weightsVersion"
+STATE_WEIGHTS_DIGEST = "weightsDigest"
 
 
 def selector_labels(pool: str) -> dict[str, str]:

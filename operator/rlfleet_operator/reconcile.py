@@ -41,7 +41,11 @@ def _no_events(body: Mapping[str, Any], type_: str, reason: str, message: str) -
 def weights_from_state(data: Mapping[str, str] | None) -> Weights | None:
     if not data or not data.get(names.STATE_WEIGHTS_VERSION):
         return None
-    return Weights(data[names.STATE_WEIGHTS_VERSION], data.get(names.STATE_WEIGHTS_PATH, ""))
+    return Weights(
+        data[names.STATE_WEIGHTS_VERSION],
+        data.get(names.STATE_WEIGHTS_PATH, ""),
+        data.get(names.STATE_WEIGHTS_DIGEST) or None,
+    )
 
 
 class Reconciler:

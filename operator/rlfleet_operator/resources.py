@@ -53,8 +53,11 @@ def engine_env(spec: PoolSpec) -> list[dict[str, Any]]:
     """Container env: pod IP, control token (Secret), start state and weights (state ConfigMap)."""
     state = names.state_configmap_name(spec.name)
 
-    def from_state(key: str) -> dict[str, Any]:
-        return {"configMapKeyRef": {"name": state, "key": key}}
+    def from_state(key: str, optional: bool = False) -> dict[str, Any]:
+        ref: dict[str, Any] = {"name": state, "key": key}
+        if optional:
+            ref["optional"] = True
+        return {"configMapKeyRef": ref}
 
     env: list[dict[str, Any]] = [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -66,6 +69,11 @@ def engine_env(spec: PoolSpec) -> list[dict[str, Any]]:
         {"name": "RLFLEET_START_PAUSED", "valueFrom": from_state(names.STATE_PAUSED)},
         {"name": "RLFLEET_WEIGHTS_PATH", "valueFrom": from_state(names.STATE_WEIGHTS_PATH)},
         {"name": "RLFLEET_WEIGHTS_VERSION", "valueFrom": from_state(names.STATE_WEIGHTS_VERSION)},
+        # Optional: a state ConfigMap written by an older operator has no digest key yet.
+        {
+            "name": "RLFLEET_WEIGHTS_DIGEST",
+            "valueFrom": from_state(names.STATE_WEIGHTS_DIGEST, optional=True),
+        },
     ]
     reserved = {e["name"] for e in env}
     env += [
@@ -174,6 +182,7 @@ def state_data(paused: bool, weights: Weights | None) -> dict[str, str]:
         names.STATE_PAUSED: "true" if paused else "false",
         names.STATE_WEIGHTS_PATH: weights.path if weights else "",
         names.STATE_WEIGHTS_VERSION: weights.version if weights else "",
+        names.STATE_WEIGHTS_DIGEST: (weights.digest or "") if weights else "",
     }
 
 

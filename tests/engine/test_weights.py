@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,34 @@ def test_good_checkpoint_changes_outputs_and_version(running, checkpoints):
     ).raise_for_status()
     control(running, "/v1/resume").raise_for_status()
     assert greedy(running) == before
+
+
+def test_start_weights_are_checked_against_the_pools_digest(checkpoints, tmp_path):
+    """A replica (re)started with the pool's weights and digest starts only on those exact bytes."""
+    import httpx
+
+    from engine_pod.launcher import EnginePod
+    from engine_pod.model.digest import verify_checkpoint
+
+    ckpt = str(checkpoints["new"])
+    digest = verify_checkpoint(ckpt)
+    common = ("--runner", "synthetic", "--start-paused", "--weights-path", ckpt)
+    with EnginePod(*common, "--weights-digest", digest, log_path=tmp_path / "ok.log") as pod:
+        state = httpx.get(pod.url + "/v1/is_paused", timeout=5).json()
+        assert (state["weights_digest"], state["weights_path"]) == (digest, ckpt)
+    # The wrong digest: the engine never comes up; liveness says why (the kubelet restarts it).
+    bad = EnginePod(*common, "--weights-digest", "0" * 64, log_path=tmp_path / "bad.log").start()
+    try:
+        for _ in range(600):
+            try:
+                r = httpx.get(bad.url + "/health", timeout=2)
+            except httpx.HTTPError:
+                r = None
+            if r is not None and "digest mismatch" in r.text:
+                break
+            time.sleep(0.05)
+        assert r is not None and r.status_code == 503, r
+        assert r.json()["error"]["type"] == "engine_unavailable"
+        assert httpx.get(bad.url + "/ready", timeout=2).status_code == 503
+    finally:
+        bad.stop()

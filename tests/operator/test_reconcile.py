@@ -66,6 +66,7 @@ def test_running_pool_reports_ready_and_running() -> None:
                 "paused": "false",
                 "weightsPath": "",
                 "weightsVersion": "",
+                "weightsDigest": "",
             }
             # Nothing changed: a second pass writes nothing.
             writes = len(kube.status_writes)
@@ -112,6 +113,7 @@ def test_pause_sync_resume_cycle() -> None:
                 "paused": "true",
                 "weightsPath": "/ckpt/step-1",
                 "weightsVersion": "step-1",
+                "weightsDigest": "",
             }
             assert status["lastWeightsSync"]["failedReplicas"] == 0
             assert c.SYNCING_WEIGHTS in [w["phase"] for w in kube.status_writes]
@@ -325,6 +327,7 @@ def test_ensure_children_applies_manifests_and_creates_state() -> None:
                 "paused": "true",
                 "weightsPath": "/w",
                 "weightsVersion": "v1",
+                "weightsDigest": "",
             }
 
     run(go())

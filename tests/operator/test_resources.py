@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from rlfleet_operator import names, resources
+from rlfleet_operator import names, reconcile, resources
 from rlfleet_operator.spec import (
     PoolSpec,
     Weights,
@@ -119,6 +119,10 @@ def test_env_reads_state_configmap_token_secret_and_pod_ip() -> None:
         ("RLFLEET_WEIGHTS_VERSION", "weightsVersion"),
     ]:
         assert env[var]["valueFrom"] == {"configMapKeyRef": {"name": "rollout-state", "key": key}}
+    # Optional: a state ConfigMap from an older operator has no digest yet; the pod still starts.
+    assert env["RLFLEET_WEIGHTS_DIGEST"]["valueFrom"] == {
+        "configMapKeyRef": {"name": "rollout-state", "key": "weightsDigest", "optional": True}
+    }
     assert env["HF_HOME"] == {"name": "HF_HOME", "value": "/cache"}
     assert [e for e in container["env"] if e["name"] == "POD_IP"] == [
         env["POD_IP"]
@@ -152,7 +156,12 @@ def test_services_configmap_secret() -> None:
     assert headless["spec"]["selector"] == names.selector_labels("rollout")
     cm = resources.state_configmap(SPEC, BODY)
     assert cm["metadata"]["name"] == "rollout-state"
-    assert cm["data"] == {"paused": "true", "weightsPath": "/ckpt/3", "weightsVersion": "step-3"}
+    assert cm["data"] == {
+        "paused": "true",
+        "weightsPath": "/ckpt/3",
+        "weightsVersion": "step-3",
+        "weightsDigest": "",
+    }
     secret = resources.token_secret(SPEC, BODY, token="abc")
     assert base64.b64decode(secret["data"]["token"]) == b"abc"
     assert len(base64.b64decode(resources.token_secret(SPEC, BODY)["data"]["token"])) >= 32
@@ -171,3 +180,11 @@ def test_user_named_secret_is_used() -> None:
         env_by_name(container)["RLFLEET_CONTROL_TOKEN"]["valueFrom"]["secretKeyRef"]["name"]
         == "mine"
     )
+
+
+def test_state_configmap_carries_the_weights_digest_for_restarted_replicas() -> None:
+    """A replica restarted after a digest-checked sync verifies the same digest at start."""
+    weights = Weights("step-4", "/ckpt/4", "ab" * 32)
+    assert resources.state_data(True, weights)["weightsDigest"] == "ab" * 32
+    assert reconcile.weights_from_state(resources.state_data(False, weights)) == weights
+    assert reconcile.weights_from_state(resources.state_data(False, None)) is None
