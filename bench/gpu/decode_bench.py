@@ -150,7 +150,7 @@ def copy_bandwidth(ops, nbytes: int = 2 << 30, reps: int = 10) -> float:
 
 
 def attention_us(bt: Batch, last: list[int], k: int, reps: int = 50) -> dict:
-    """Wall µs per paged-attention call (one layer, this batch's decode step), v1 vs v2."""
+    """Wall µs per paged-attention call (one layer, this batch's decode step), v1 / v2 / v3."""
     r = bt.runner
     ops, cfg = r.ops, r.config
     plan = plan_step(bt.work(last, bt.ctx + k, k + 1), bt.bs, r.cache.num_blocks, cfg.vocab_size,
@@ -161,7 +161,7 @@ def attention_us(bt: Batch, last: list[int], k: int, reps: int = 50) -> dict:
     kc, vc = r.cache.k[0], r.cache.v[0]
     out = {}
     keep = ops.attn_version
-    for ver in ("v1", "v2"):
+    for ver in ("v1", "v2", "v3"):
         ops.attn_version = ver
         ops.attention(q, kc, vc, st)
         sync()
@@ -196,6 +196,7 @@ def main() -> None:
     copy_bps = copy_bandwidth(runner.ops)
     res: dict = {"device": paddle.device.cuda.get_device_name(), "paddle": paddle.__version__,
                  "ops": runner.ops.name, "attn": getattr(runner.ops, "attn_version", None),
+                 "attn_keys_per_split": getattr(runner.ops, "keys_per_split", None),
                  "dtype": runner.dtype, "ctx": args.ctx, "load_s": round(time.time() - t0, 1),
                  "weight_bytes": weight_bytes(runner), "hbm_datasheet_bytes_per_s": args.hbm_tbs * 1e12,
                  "copy_bytes_per_s_measured": round(copy_bps), "rows": []}  # fmt: skip

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device half of the GPU recipe (see bench/gpu/README.md). Run on the GPU machine from the
 # checkout's root, after the payload pieces p00..p08 were copied to /tmp/p/ by earlier calls:
-#   bash bench/gpu/device_run.sh            # STAGES: kernels samples graphs greedy pytest bench (default); also: bench_v1 ops profile pause
+#   bash bench/gpu/device_run.sh            # STAGES: kernels samples graphs greedy pytest bench (default); also: sweep bench_v1 ops profile pause
 # Installs Paddle (PyPI paddlepaddle-gpu 2.6.2 + cuBLAS 12) into /tmp/site unless it is there,
 # builds the kernel library with nvcc unless it was carried, then runs each stage with its own
 # time limit and writes results to $OUT (or /tmp/out).
@@ -52,6 +52,12 @@ for s in $STAGES; do
     greedy) run greedy 240 python3 bench/gpu/greedy_check.py --out "$OUT/greedy.json" ;;
     pytest) run pytest 180 python3 -m pytest -q -p no:cacheprovider tests/engine/test_gpu_ops.py ;;
     bench_v1) RLFLEET_ATTN=v1 run bench_v1 150 python3 bench/gpu/decode_bench.py --out "$OUT/bench_v1.json" --graphs ;;
+    sweep) mkdir -p /tmp/sweep  # decode bench per attention version : keys per split → sweep.json
+      for v in ${SWEEP:-"v2:64 v3:64 v2:32 v3:32 v2:16 v3:16"}; do
+        RLFLEET_ATTN=${v%%:*} RLFLEET_ATTN_KPS=${v##*:} run "bench_${v/:/_}" 120 python3 \
+          bench/gpu/decode_bench.py --graphs --sampling --out "/tmp/sweep/${v/:/_}.json"
+      done
+      python3 -c "import glob, json, os; json.dump({os.path.basename(f)[:-5]: json.load(open(f)) for f in sorted(glob.glob('/tmp/sweep/*.json'))}, open('$OUT/sweep.json', 'w'), indent=1)" ;;
     profile) run profile 150 python3 bench/gpu/op_profile.py --out "$OUT/ops.json" ;;
     bench) run bench 240 python3 bench/gpu/decode_bench.py --out "$OUT/bench.json" ${BENCH_ARGS:---graphs --sampling} ;;
   esac

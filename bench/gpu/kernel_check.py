@@ -6,7 +6,7 @@ CPU path). GPU outputs come from `paddle.empty` (never zeroed), so an element a 
 fails to write shows up as garbage/NaN. The KV caches are pre-filled with random data and
 compared whole (slots nobody should touch included). Paged attention runs decode rows
 (contexts of 1 to 201 keys) and prefill chunks (fresh and continued) in one launch, for v1,
-v2 and v2 with 1 and 5 splits. Writes JSON with max abs error, the reference's max
+v2 and v2 with 1 and 5 splits, and v3 likewise. Writes JSON with max abs error, the reference's max
 magnitude and the tolerance (relative to max(1, |ref|max)) for each (op, shape, dtype).
 
     python bench/gpu/kernel_check.py --out $OUT/kernels.json
@@ -179,7 +179,8 @@ def check_shape(ck: Checker, hidden: int, heads: int, kv: int, d: int, inter: in
     # paged attention (decode rows + prefill chunks in one launch) over those caches
     _, qa_c, qa_g = pair(T, heads, d, scale=2.0)
     ref = C(cpu.attention, qa_c, kc_c, vc_c, st_c).numpy()
-    for ver, ns in (("v1", None), ("v2", None), ("v2", 1), ("v2", 5)):
+    for ver, ns in (("v1", None), ("v2", None), ("v2", 1), ("v2", 5), ("v3", None), ("v3", 1),
+                    ("v3", 5)):  # fmt: skip
         gpu.attn_version, gpu.force_nsplit = ver, ns
         name = f"paged_attention.{ver}" + (f".split{ns}" if ns else "")
         ck.record(name, case, dtype, back(gpu.attention(qa_g, kc_g, vc_g, st_g)), ref)

@@ -26,12 +26,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import paddle
 
 from engine_pod.model.base import SamplingParams, SeqWork
 from engine_pod.model.llama import DecoderWeights, PagedDecoder, PagedKVCache
 from engine_pod.model.ops.cuda import CudaOps, stride_bucket
-from engine_pod.model.step_plan import StepPlan, plan_step
+from engine_pod.model.sampler import device_rows
+from engine_pod.model.step_plan import plan_step
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,67 @@ def copy_weights(ops: CudaOps, dst: DecoderWeights, src: DecoderWeights) -> None
     for d, s in zip(a, b, strict=True):
         ops.copy_into(d, s)
     ops.synchronize()
+
+
+def pack_decode(
+    batch: list[SeqWork],
+    block_size: int,
+    num_blocks: int,
+    vocab_size: int,
+    max_len: int,
+    buckets: list[int],
+) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """A decode step straight into a graph's input buffer: (buffer, (batch bucket, stride)).
+
+    The `CudaOps.pack_step(plan, pad_to=bucket, pad_block=num_blocks)` layout, built from
+    the `SeqWork`s without a `StepPlan` (the planner's per-item work is most of a graph
+    step's host time). None when the step is not a graph's (a prefill chunk, a row not
+    sampled, too many rows) or fails validation: then the caller plans it the usual way,
+    which runs it eagerly or raises the planner's ValueError.
+    """
+    n = len(batch)
+    if not 0 < n <= buckets[-1]:
+        return None
+    for w in batch:
+        if len(w.token_ids) != 1 or not w.sample:
+            return None
+    ids = np.fromiter((w.token_ids[0] for w in batch), dtype=np.int64, count=n)
+    pos = np.fromiter((w.start_pos for w in batch), dtype=np.int64, count=n)
+    lens = np.fromiter((len(w.block_table) for w in batch), dtype=np.int64, count=n)
+    need = pos // block_size + 1
+    if (
+        (ids < 0).any()
+        or (ids >= vocab_size).any()
+        or (pos < 0).any()
+        or (pos >= max_len).any()
+        or (lens < need).any()
+        or len({w.request_id for w in batch}) != n
+    ):
+        return None
+    bucket = next(b for b in buckets if b >= n)
+    stride = stride_bucket(int(need.max()))
+    tables = np.full((bucket, stride), num_blocks, dtype=np.int64)
+    for i, (w, k) in enumerate(zip(batch, need.tolist(), strict=True)):
+        tables[i, :k] = w.block_table[:k]
+    used = tables[:n] != num_blocks
+    if (tables[:n][used] < 0).any() or (tables[:n] > num_blocks).any():
+        return None
+    if (np.arange(stride)[None, :] < need[:, None])[~used].any():
+        return None  # a used entry named the scratch block
+    rows = np.arange(bucket, dtype=np.int64)
+    buf = np.zeros(11 * bucket + bucket * stride, dtype=np.int64)
+    buf[:n] = ids
+    buf[bucket : bucket + n] = pos
+    buf[2 * bucket : 3 * bucket] = num_blocks  # padding rows: position 0 of the scratch block
+    buf[2 * bucket : 2 * bucket + n] = tables[rows[:n], pos // block_size]
+    buf[3 * bucket : 3 * bucket + n] = pos % block_size
+    buf[4 * bucket : 5 * bucket] = rows  # each row its own sequence
+    buf[5 * bucket : 6 * bucket] = rows  # every row sampled
+    params = [w.sampling for w in batch] + [_PAD] * (bucket - n)
+    counts = [w.num_generated for w in batch] + [0] * (bucket - n)
+    buf[6 * bucket : 11 * bucket] = device_rows(params, counts).reshape(-1)
+    buf[11 * bucket :] = tables.reshape(-1)
+    return buf, (bucket, stride)
 
 
 @dataclass
@@ -96,30 +159,20 @@ class DecodeGraphs:
         self.graphs.clear()
         self.failed.clear()
 
-    def bucket(self, n: int) -> int:
-        return next(b for b in self.buckets if b >= n)
-
-    def fits(self, plan: StepPlan) -> bool:
-        """A decode-only step, every row sampled, within the largest bucket."""
-        n = len(plan.items)
-        return (
-            self.cache is not None
-            and 0 < n <= self.buckets[-1]
-            and plan.num_decode == n
-            and plan.sample_rows.size == n
-        )
-
-    def key(self, plan: StepPlan) -> tuple[int, int]:
-        bs = self.cache.block_size  # type: ignore[union-attr]
-        need = max(w.start_pos // bs + 1 for w in plan.items)
-        return self.bucket(len(plan.items)), stride_bucket(need)
-
     def run(
-        self, weights: DecoderWeights, plan: StepPlan
+        self, weights: DecoderWeights, batch: list[SeqWork]
     ) -> tuple[paddle.Tensor, paddle.Tensor] | None:
-        """Replay the step's graph (capturing it first if new): (logits, ids) with the
-        batch's rows first, or None when this shape cannot be captured (run it eagerly)."""
-        key = self.key(plan)
+        """Run a decode step from its graph (capturing it first if new): (logits, ids) with
+        the batch's rows first, in batch order; None when it is not a graph's step (see
+        `pack_decode`) or its shape cannot be captured: run it eagerly then."""
+        if self.cache is None:
+            return None
+        cfg = self.decoder.cfg
+        packed = pack_decode(batch, self.cache.block_size, self.scratch, cfg.vocab_size,
+                             cfg.max_position_embeddings, self.buckets)  # fmt: skip
+        if packed is None:
+            return None
+        buf, key = packed
         g = self.graphs.get(key)
         if g is None:
             if key in self.failed:
@@ -131,8 +184,6 @@ class DecodeGraphs:
                 self.failed.add(key)
                 return None
             self.graphs[key] = g
-        buf, _, _ = self.ops.pack_step(plan, self.cache.block_size, stride=key[1],  # type: ignore[union-attr]
-                                       pad_to=key[0], pad_block=self.scratch)  # fmt: skip
         if buf.size != int(g.meta.shape[0]):
             raise RuntimeError(f"graph input {buf.size} != captured {g.meta.shape[0]}")
         self.ops.refresh_stream()

@@ -94,6 +94,10 @@ class PaddleModelRunner:
             raise RuntimeError("allocate_kv_cache() must be called before execute()")
         if not batch:
             return {}
+        if self.graphs is not None:
+            out = self.graphs.run(self.weights, batch)  # decode steps: a graph replay
+            if out is not None:
+                return self._tokens(batch, *out)
         plan = plan_step(
             batch,
             self.cache.block_size,
@@ -102,18 +106,19 @@ class PaddleModelRunner:
             self.config.max_position_embeddings,
             context_slots=self.ops.needs_context_slots,
         )
-        out = None
-        if self.graphs is not None and self.graphs.fits(plan):
-            out = self.graphs.run(self.weights, plan)
-        if out is not None:
-            logits, ids = out
-        else:
-            st = self.ops.begin_step(self.config, plan, self.decoder.rope, self.cache.block_size)
-            logits = self.decoder.forward_logits(self.weights, self.cache, plan, st)
-            if logits is None:
-                return {}
-            ids = self.ops.sample_ids(logits, st) if self.device_sampling else None
-        params = [w.sampling for w in plan.sample_items]
+        st = self.ops.begin_step(self.config, plan, self.decoder.rope, self.cache.block_size)
+        logits = self.decoder.forward_logits(self.weights, self.cache, plan, st)
+        if logits is None:
+            return {}
+        ids = self.ops.sample_ids(logits, st) if self.device_sampling else None
+        return self._tokens(plan.sample_items, logits, ids)
+
+    def _tokens(
+        self, items: list[SeqWork], logits: paddle.Tensor, ids: paddle.Tensor | None
+    ) -> dict[str, int]:
+        """Each sampled item's next token: from `ids` (drawn on the device) when the device
+        sampler is on or every row is greedy, else from the logits on the host."""
+        params = [w.sampling for w in items]
         n = len(params)
         all_greedy = all(p.greedy or p.top_k == 1 for p in params)
         if ids is not None and (self.device_sampling or all_greedy):
@@ -122,11 +127,9 @@ class PaddleModelRunner:
             tokens = self.ops.greedy(logits)  # argmax on the device; only ids come back
         else:
             tokens = sample(
-                self.ops.logits_to_numpy(logits)[:n],
-                params,
-                [w.num_generated for w in plan.sample_items],
+                self.ops.logits_to_numpy(logits)[:n], params, [w.num_generated for w in items]
             )
-        return {w.request_id: int(t) for w, t in zip(plan.sample_items, tokens, strict=True)}
+        return {w.request_id: int(t) for w, t in zip(items, tokens, strict=True)}
 
     def prepare_weights(self, path: str) -> PreparedWeights:
         np_weights = load_update(self.config, path)

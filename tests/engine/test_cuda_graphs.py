@@ -8,8 +8,6 @@ CPU path keeps neither graphs nor device sampling.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -30,30 +28,46 @@ def test_batch_and_stride_buckets() -> None:
     ]  # fmt: skip
 
 
-def _graphs(max_batch: int = 8):
-    from engine_pod.model.cuda_graphs import DecodeGraphs
+def _pack(batch: list[SeqWork], max_batch: int = 8):
+    from engine_pod.model.cuda_graphs import batch_buckets, pack_decode
 
-    g = DecodeGraphs(ops=None, decoder=None, max_batch=max_batch)  # type: ignore[arg-type]
-    g.cache = SimpleNamespace(block_size=4, num_blocks=65)
-    g.scratch = 64
-    return g
+    return pack_decode(batch, 4, 64, 100, 256, batch_buckets(max_batch))
 
 
-def test_graphs_take_decode_steps_only() -> None:
-    g = _graphs(max_batch=8)
-    decode = [SeqWork(f"r{i}", [1], 4 * i + 3, list(range(i + 1)), True) for i in range(5)]
-    plan = plan_step(decode, 4, 64, 100, 256, context_slots=False)
-    assert g.fits(plan) and g.key(plan) == (8, 8)  # 5 rows → bucket 8; 5 blocks → stride 8
+def test_pack_decode_equals_the_planned_layout() -> None:
+    """The graph's direct packer = plan_step + CudaOps.pack_step padded to the bucket."""
+    from engine_pod.model.ops.cuda import CudaOps
+
+    sp = SamplingParams(temperature=0.6, top_k=9, top_p=0.7, seed=12)
+    batch = [SeqWork(f"r{i}", [7 + i], 4 * i + 3, list(range(10 * i, 10 * i + 9)), True, sp, i)
+             for i in range(5)]  # fmt: skip
+    buf, key = _pack(batch)
+    assert key == (8, 8)  # 5 rows → bucket 8; 5 blocks → stride 8
+    plan = plan_step(batch, 4, 65, 100, 256, context_slots=False)
+    want, _, _ = CudaOps.pack_step(plan, 4, stride=8, pad_to=8, pad_block=64)
+    assert buf.tolist() == want.tolist()
     long = [SeqWork("x", [1], 40, list(range(11)), True)]
-    assert g.key(plan_step(long, 4, 64, 100, 256)) == (1, 16)
-    mixed = [*decode[:2], SeqWork("p", [1, 2, 3], 0, [9], True)]
-    assert not g.fits(plan_step(mixed, 4, 64, 100, 256))  # a prefill chunk: eager
-    unsampled = [SeqWork("u", [1], 0, [0], False)]
-    assert not g.fits(plan_step(unsampled, 4, 64, 100, 256))
-    many = [SeqWork(f"m{i}", [1], 0, [i], True) for i in range(9)]
-    assert not g.fits(plan_step(many, 4, 64, 100, 256))  # over the largest bucket
-    g.cache = None
-    assert not g.fits(plan)  # no KV cache attached yet
+    assert _pack(long)[1] == (1, 16)
+
+
+def test_pack_decode_declines_what_is_not_a_graph_step() -> None:
+    ok = [SeqWork("a", [1], 5, [3, 4], True)]
+    assert _pack(ok) is not None
+    assert _pack([SeqWork("p", [1, 2, 3], 0, [9], True)]) is None  # a prefill chunk
+    assert _pack([SeqWork("u", [1], 0, [0], False)]) is None  # not sampled
+    assert _pack([SeqWork(f"m{i}", [1], 0, [i], True) for i in range(9)]) is None  # > bucket
+    assert _pack([]) is None
+    bad = [
+        SeqWork("v", [100], 0, [0], True),  # token id outside the vocabulary
+        SeqWork("p", [1], 256, [0] * 65, True),  # position past max_len
+        SeqWork("t", [1], 8, [0, 1], True),  # block table too short
+        SeqWork("b", [1], 0, [64], True),  # the scratch block
+        SeqWork("n", [1], 0, [-1], True),  # negative block
+        SeqWork("o", [1], 0, [65], True),  # out of range
+    ]
+    for w in bad:
+        assert _pack([w]) is None, w
+    assert _pack([ok[0], ok[0]]) is None  # a request twice
 
 
 def test_device_rows_layout() -> None:

@@ -45,6 +45,7 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rl_h2d": [_P, _P, _I64, _P],
     "rl_d2d": [_P, _P, _I64, _P],
     "rl_sample": [_P, _P, _P, _P, _I, _I, _P],
+    "rl_paged_attention_v3": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v2": [
         _P,
         _P,
@@ -161,9 +162,11 @@ class CudaOps(DecoderOps):
         self._stream: int | None = None
         dev = paddle.device.get_device()  # "gpu:N" once paddle.set_device("gpu") ran
         self.device_id = int(dev.split(":")[1]) if dev.startswith("gpu:") else 0
-        # paged attention: "v2" (split-K, warp per key; default) or "v1" (one block per
-        # token and kv head); force_nsplit pins v2's split count (tests)
+        # paged attention: "v2" (split-K, warp per key; default), "v3" (split-K, several keys
+        # a warp, 16-byte loads) or "v1" (one block per token and kv head); force_nsplit pins
+        # the split count (tests)
         self.attn_version = os.environ.get("RLFLEET_ATTN", "v2")
+        self.keys_per_split = ATTN_KEYS_PER_SPLIT  # v2's split length (fixed while graphs live)
         self.force_nsplit: int | None = None
         try:
             props = paddle.device.cuda.get_device_properties(self.device_id)
@@ -363,13 +366,13 @@ class CudaOps(DecoderOps):
         hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         out = self._empty([st.n_tok, hq * d], dt)
         scale = 1.0 / float(np.sqrt(d))
-        if self.attn_version == "v2":
+        if self.attn_version in ("v2", "v3"):
             # Split-K unless (tokens x kv heads) blocks fill the GPU several times. Splits are
             # fixed runs of ATTN_KEYS_PER_SPLIT keys over the block tables' capacity, so the
             # partition (hence the rounding) is the same for any context length in the
             # buffers: eager steps and CUDA-graph replays give identical results.
             blocks = st.n_tok * hkv
-            kps = ATTN_KEYS_PER_SPLIT
+            kps = self.keys_per_split
             if self.force_nsplit:
                 nsplit = self.force_nsplit
                 kps = -(-st.max_ctx // nsplit)
@@ -381,16 +384,21 @@ class CudaOps(DecoderOps):
             if nsplit > 1:
                 part_acc = self._empty([st.n_tok * hq * nsplit * d], "float32")
                 part_ml = self._empty([st.n_tok * hq * nsplit * 2], "float32")
-            rc = self.lib.rl_paged_attention_v2(
+            args = (
                 out.data_ptr(), part_acc.data_ptr() if part_acc is not None else None,
                 part_ml.data_ptr() if part_ml is not None else None, q.data_ptr(), kc.data_ptr(),
                 vc.data_ptr(), st.tables, st.table_stride, st.seq, st.pos, st.n_tok, hq, hkv, d,
                 st.block_size, scale, nsplit, kps, _CODE[dt], self.stream,
             )  # fmt: skip
-            if rc == 0:
-                return out
-            if rc != 801:  # 801: no instance for this shape → v1
-                raise CudaError(f"rl_paged_attention_v2: CUDA error {rc}")
+            # 801: no instance for this shape → v3 falls back to v2, v2 to v1
+            for fn in ["rl_paged_attention_v3", "rl_paged_attention_v2"][
+                self.attn_version == "v2" :
+            ]:
+                rc = getattr(self.lib, fn)(*args)
+                if rc == 0:
+                    return out
+                if rc != 801:
+                    raise CudaError(f"{fn}: CUDA error {rc}")
         self._call(
             "rl_paged_attention", out.data_ptr(), q.data_ptr(), kc.data_ptr(), vc.data_ptr(),
             st.tables, st.table_stride, st.seq, st.pos, st.n_tok, hq, hkv, d, st.block_size,

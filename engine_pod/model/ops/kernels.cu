@@ -343,6 +343,152 @@ __global__ void __launch_bounds__(128) paged_attention_v2_k(
   }
 }
 
+// ---------------------------------------------------------------- paged attention, split-K (v3)
+// v2's grid, splits and merge, but a warp works on 32 / LPK keys at once: LPK lanes a key, 8
+// consecutive head-dim elements a lane (one 16-byte load of K and of V in bf16), so a score
+// is reduced over LPK lanes (log2 LPK shuffles) instead of 32, and the dependent
+// block-table → K/V load chain of a warp is 32 / LPK times shorter. d = 8 * LPK, G <= MAXG.
+template <typename T> __device__ __forceinline__ void load8(const T* p, float* o);
+template <> __device__ __forceinline__ void load8<float>(const float* p, float* o) {
+  float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w, o[4] = b.x, o[5] = b.y, o[6] = b.z, o[7] = b.w;
+}
+template <> __device__ __forceinline__ void load8<bf16>(const bf16* p, float* o) {
+  uint4 u = *reinterpret_cast<const uint4*>(p);
+  const bf16* h = reinterpret_cast<const bf16*>(&u);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) o[i] = __bfloat162float(h[i]);
+}
+template <> __device__ __forceinline__ void load8<__half>(const __half* p, float* o) {
+  uint4 u = *reinterpret_cast<const uint4*>(p);
+  const __half* h = reinterpret_cast<const __half*>(&u);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) o[i] = __half2float(h[i]);
+}
+
+template <typename T, int LPK, int MAXG>
+__global__ void __launch_bounds__(128) paged_attention_v3_k(
+    T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
+    const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
+    const int64_t* __restrict__ block_tables, int bt_stride, const int64_t* __restrict__ seq,
+    const int64_t* __restrict__ pos, int hq, int hkv, int bs, float scale, int keys_per_split) {
+  constexpr int D = 8 * LPK, KPW = 32 / LPK;
+  __shared__ float s_acc[4][MAXG][D];
+  __shared__ float s_m[4][MAXG], s_l[4][MAXG];
+  int t = blockIdx.x, kh = blockIdx.y, sp = blockIdx.z, nsplit = gridDim.z;
+  int G = hq / hkv;
+  int L = (int)pos[t] + 1;
+  int k_begin = sp * keys_per_split;
+  int k_end = sp == nsplit - 1 ? L : min(L, k_begin + keys_per_split);
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  int sub = lane / LPK, part = lane % LPK;  // which key of the warp's KPW; which 8 elements
+  const int64_t* tab = block_tables + seq[t] * (int64_t)bt_stride;
+  const T* qt = q + ((int64_t)t * hq + (int64_t)kh * G) * D + part * 8;
+  float qr[MAXG][8], acc[MAXG][8], m[MAXG], l[MAXG];
+#pragma unroll
+  for (int g = 0; g < MAXG; ++g) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      qr[g][i] = g < G ? to_f(qt[g * D + i]) * scale : 0.f;
+      acc[g][i] = 0.f;
+    }
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+  }
+  const int64_t kv_stride = (int64_t)hkv * D;
+  for (int k0 = k_begin + w * KPW; k0 < k_end; k0 += 4 * KPW) {  // warp-uniform
+    int k = k0 + sub;
+    bool valid = k < k_end;
+    float kr[8], vr[8];
+    if (valid) {
+      int64_t off = (tab[k / bs] * bs + (k % bs)) * kv_stride + (int64_t)kh * D + part * 8;
+      load8(kc + off, kr);
+      load8(vc + off, vr);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) kr[i] = vr[i] = 0.f;
+    }
+#pragma unroll
+    for (int g = 0; g < MAXG; ++g) {
+      if (g < G) {
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) s += qr[g][i] * kr[i];
+#pragma unroll
+        for (int o = LPK / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (valid) {
+          float mn = fmaxf(m[g], s);
+          float a = expf(m[g] - mn);
+          float p = expf(s - mn);
+          l[g] = l[g] * a + p;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[g][i] = acc[g][i] * a + p * vr[i];
+          m[g] = mn;
+        }
+      }
+    }
+  }
+  // merge the warp's KPW key streams (lanes part, part + LPK, ... hold the same elements)
+#pragma unroll
+  for (int o = LPK; o < 32; o <<= 1) {
+#pragma unroll
+    for (int g = 0; g < MAXG; ++g) {
+      if (g < G) {
+        float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
+        float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+        float mn = fmaxf(m[g], mo);
+        float a = m[g] == -INFINITY ? 0.f : expf(m[g] - mn);
+        float b = mo == -INFINITY ? 0.f : expf(mo - mn);
+        l[g] = l[g] * a + lo * b;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          float ao = __shfl_xor_sync(0xffffffffu, acc[g][i], o);
+          acc[g][i] = acc[g][i] * a + ao * b;
+        }
+        m[g] = mn;
+      }
+    }
+  }
+  if (sub == 0) {
+#pragma unroll
+    for (int g = 0; g < MAXG; ++g) {
+      if (g < G) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) s_acc[w][g][part * 8 + i] = acc[g][i];
+        if (part == 0) {
+          s_m[w][g] = m[g];
+          s_l[w][g] = l[g];
+        }
+      }
+    }
+  }
+  __syncthreads();
+  for (int g = w; g < G; g += 4) {
+    float M = fmaxf(fmaxf(s_m[0][g], s_m[1][g]), fmaxf(s_m[2][g], s_m[3][g]));
+    float f[4], Ls = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      f[j] = s_m[j][g] == -INFINITY ? 0.f : expf(s_m[j][g] - M);
+      Ls += s_l[j][g] * f[j];
+    }
+    int h = kh * G + g;
+    for (int e = lane; e < D; e += 32) {
+      float A = s_acc[0][g][e] * f[0] + s_acc[1][g][e] * f[1] + s_acc[2][g][e] * f[2] +
+                s_acc[3][g][e] * f[3];
+      if (nsplit == 1) {
+        out[((int64_t)t * hq + h) * D + e] = from_f<T>(A / Ls);
+      } else {
+        part_acc[(((int64_t)t * hq + h) * nsplit + sp) * D + e] = A;
+      }
+    }
+    if (nsplit > 1 && lane == 0) {
+      int64_t pi = (((int64_t)t * hq + h) * nsplit + sp) * 2;
+      part_ml[pi] = M;  // -inf for an empty split
+      part_ml[pi + 1] = Ls;
+    }
+  }
+}
+
 // merge the splits: out[t, h*d + e] = sum_s acc_s[e] e^(m_s - M) / sum_s l_s e^(m_s - M)
 template <typename T>
 __global__ void attn_combine_k(T* __restrict__ out, const float* __restrict__ part_acc,
@@ -456,9 +602,16 @@ __device__ __forceinline__ uint64_t mix64(uint64_t z) {  // splitmix64's output 
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
+__device__ __forceinline__ uint32_t mix32(uint32_t x) {  // a 32-bit integer hash (lowbias32)
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  return x ^ (x >> 16);
+}
 // -log(E) with E ~ Exp(1) for element i of the row's stream h (a standard Gumbel variate)
 __device__ __forceinline__ float gumbel(uint64_t h, int i) {
-  uint32_t bits = (uint32_t)(mix64(h + (uint64_t)i * 0xD1B54A32D192ED03ull) >> 32);
+  uint32_t bits = mix32(mix32((uint32_t)i ^ (uint32_t)h) + (uint32_t)(h >> 32));
   float w = fminf(((float)bits + 0.5f) * 2.3283064365386963e-10f, 0.99999994f);  // (0, 1)
   return -logf(-log1pf(-w));
 }
@@ -504,7 +657,7 @@ struct RadixState {  // shared between the threads of a radix-select pass
   double rem_m;
 };
 
-__global__ void __launch_bounds__(SAMPLE_THREADS)
+__global__ void __launch_bounds__(SAMPLE_THREADS, 1)
     sample_k(int64_t* __restrict__ out, int64_t* __restrict__ info, const float* __restrict__ logits,
              const int64_t* __restrict__ params, int vocab) {
   __shared__ RadixState rs;
@@ -608,15 +761,26 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     for (int shift = 24; shift >= 0; shift -= 8) {
       for (int j = tid; j < 256; j += SAMPLE_THREADS) rs.hist_c[j] = 0, rs.hist_m[j] = 0.0;
       __syncthreads();
-      for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
-        float v = row[i];
-        uint32_t key = logit_key(v);
-        if (key > thr && (key & mask) == prefix) {
-          double pv = (double)expf((v - mx) * inv_t);
-          if (pv >= p_low) {
-            int b = (key >> shift) & 255;
-            atomicAdd(&rs.hist_c[b], 1u);
-            atomicAdd(&rs.hist_m[b], pv);
+      for (int i0 = w * 32; i0 < vocab; i0 += SAMPLE_THREADS) {  // warp-uniform trip count
+        int i = i0 + lane;
+        float v = i < vocab ? row[i] : 0.f;
+        uint32_t key = i < vocab ? logit_key(v) : 0u;
+        double pv = 0.0;
+        bool in = key > thr && (key & mask) == prefix;
+        if (in) {
+          pv = (double)expf((v - mx) * inv_t);
+          in = pv >= p_low;
+        }
+        uint32_t b = in ? (key >> shift) & 255 : 256u;
+        // one pair of atomics per distinct bucket in the warp: the lanes of a bucket sum
+        // their mass in lane order (the first pass sees few buckets, so many lanes share one)
+        unsigned peers = __match_any_sync(0xffffffffu, b);
+        if (in) {
+          double sum = 0.0;
+          for (unsigned m = peers; m; m &= m - 1) sum += __shfl_sync(peers, pv, __ffs(m) - 1);
+          if (lane == __ffs(peers) - 1) {
+            atomicAdd(&rs.hist_c[b], (uint32_t)__popc(peers));
+            atomicAdd(&rs.hist_m[b], sum);
           }
         }
       }
@@ -875,6 +1039,35 @@ int rl_paged_attention_v2(void* out, void* part_acc, void* part_ml, const void* 
           (T*)out, (const float*)part_acc, (const float*)part_ml, hq, d, nsplit);
   });
 #undef V2
+  return (int)cudaGetLastError();
+}
+
+// v3: the same contract as v2; 801 (cudaErrorNotSupported) unless d in {16, 32, 64, 128}
+// and hq / hkv <= 8 (then use v2).
+int rl_paged_attention_v3(void* out, void* part_acc, void* part_ml, const void* q,
+                          const void* kc, const void* vc, const void* block_tables, int bt_stride,
+                          const void* seq, const void* pos, int tokens, int hq, int hkv, int d,
+                          int bs, float scale, int nsplit, int keys_per_split, int dtype,
+                          void* stream) {
+  if (tokens == 0) return 0;
+  int G = hq / hkv;
+  if (G > 8 || nsplit < 1 || !(d == 16 || d == 32 || d == 64 || d == 128))
+    return (int)cudaErrorNotSupported;
+  dim3 grid(tokens, hkv, nsplit);
+  cudaStream_t st = (cudaStream_t)stream;
+#define V3(LPK)                                                                               \
+  if (d == 8 * LPK)                                                                           \
+    paged_attention_v3_k<T, LPK, 8><<<grid, 128, 0, st>>>(                                    \
+        (T*)out, (float*)part_acc, (float*)part_ml, (const T*)q, (const T*)kc, (const T*)vc,  \
+        (const int64_t*)block_tables, bt_stride, (const int64_t*)seq, (const int64_t*)pos, hq, \
+        hkv, bs, scale, keys_per_split);
+  DISPATCH(dtype, {
+    V3(2) V3(4) V3(8) V3(16)
+    if (nsplit > 1)
+      attn_combine_k<T><<<dim3(tokens, hq), d < 32 ? 32 : (d > 128 ? 128 : d), 0, st>>>(
+          (T*)out, (const float*)part_acc, (const float*)part_ml, hq, d, nsplit);
+  });
+#undef V3
   return (int)cudaGetLastError();
 }
 
