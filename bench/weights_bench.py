@@ -7,6 +7,9 @@ shape) on local disk; a real Paddle engine serves the first; the benchmark
 pauses it and times `update_weights` to the second (load, validate, swap), and
 times `cat files > /dev/null` of the same files just before (page cache as warm
 for both). The ratio says how close the engine's load is to the read limit.
+The engine's own phase timings (`phases` in the answer) and the engine process's
+peak resident memory during the update (Linux: VmHWM, reset just before) come
+with each row.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ SHAPES = {
 }
 
 
+# the engine's `phases` keys, in the order shown
+PHASES = ["verify_s", "read_s", "hash_s", "build_s", "swap_s"]
+
+
 def dir_bytes(d: Path) -> int:
     return sum(f.stat().st_size for f in d.iterdir() if f.is_file())
 
@@ -40,6 +47,38 @@ def cat_seconds(d: Path) -> float:
     t0 = time.perf_counter()
     subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
     return time.perf_counter() - t0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def status_mb(pid: int, key: str) -> float:
+    """A `/proc/PID/status` memory figure (VmRSS, VmHWM) in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def engine_pid(pod: EnginePod) -> int:
+    """The process holding the model: the largest resident one of the pod's tree."""
+    assert pod.proc is not None
+    pids = [pod.proc.pid, *descendants(pod.proc.pid)]
+    return max(pids, key=lambda p: status_mb(p, "VmRSS"))
 
 
 def measure(name: str, root: Path) -> dict:
@@ -62,6 +101,9 @@ def measure(name: str, root: Path) -> dict:
     ) as pod:
         httpx.post(pod.url + "/v1/pause", json={}, timeout=60).raise_for_status()
         cat_s = min(cat_seconds(new) for _ in range(2))
+        pid = engine_pid(pod)
+        rss_before = status_mb(pid, "VmRSS")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # peak RSS := current RSS
         t0 = time.perf_counter()
         r = httpx.post(
             pod.url + "/v1/update_weights",
@@ -71,7 +113,9 @@ def measure(name: str, root: Path) -> dict:
         update_s = time.perf_counter() - t0
         r.raise_for_status()
         body = r.json()
+        peak_mb, rss_after = status_mb(pid, "VmHWM"), status_mb(pid, "VmRSS")
     gb = size / 1e9
+    phases = body.get("phases", {})
     return {
         "size": name,
         "bytes": size,
@@ -81,6 +125,10 @@ def measure(name: str, root: Path) -> dict:
         "cat_s": cat_s,
         "cat_gb_per_s": gb / cat_s,
         "ratio_to_read_limit": update_s / cat_s,
+        "phases": phases,
+        "rss_before_mb": rss_before,
+        "peak_rss_mb": peak_mb,
+        "rss_after_mb": rss_after,
     }
 
 
@@ -96,7 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
         rows = [measure(n, Path(tmp)) for n in sizes]
     print_table(
         "update_weights vs reading the files (page cache warm for both)",
-        ["size", "MB", "update (s)", "GB/s", "cat (s)", "cat GB/s", "update / cat"],
+        ["size", "MB", "update (s)", "GB/s", "cat (s)", "cat GB/s", "update / cat"]
+        + PHASES
+        + ["RSS before (MB)", "peak (MB)", "after (MB)"],
         [
             [
                 r["size"],
@@ -107,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
                 r["cat_gb_per_s"],
                 r["ratio_to_read_limit"],
             ]
+            + [r["phases"].get(p, "—") for p in PHASES]
+            + [r["rss_before_mb"], r["peak_rss_mb"], r["rss_after_mb"]]
             for r in rows
         ],
     )

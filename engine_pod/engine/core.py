@@ -37,6 +37,7 @@ from engine_pod.engine.request import FinishReason, Request
 from engine_pod.engine.scheduler import ScheduledStep, Scheduler
 from engine_pod.model.base import CheckpointError, ModelRunner
 from engine_pod.model.digest import verify_checkpoint
+from engine_pod.model.loader import recording_loads
 
 log = logging.getLogger("rlfleet.engine")
 
@@ -500,25 +501,41 @@ class EngineCore:
                 )
             self.loading_weights = True
             self._emit(self.state_message())
+        phases: dict[str, float] = {}
         try:
             try:
+                t = time.monotonic()
                 new_digest = verify_checkpoint(path, digest)
-                prepared = self.runner.prepare_weights(path)
+                phases["verify_s"] = time.monotonic() - t
+                t = time.monotonic()
+                with recording_loads() as loaded:
+                    prepared = self.runner.prepare_weights(path)
+                phases["read_s"] = loaded.read_s
+                phases["build_s"] = time.monotonic() - t - loaded.read_s
             except CheckpointError as e:
                 raise ControlError(400, f"checkpoint rejected, old weights kept: {e}") from e
             except OSError as e:
                 raise ControlError(400, f"checkpoint unreadable, old weights kept: {e}") from e
             load_s = time.monotonic() - t0
+            t = time.monotonic()
             with self._exec_lock, self.cond:
                 self.runner.swap_weights(prepared)
                 retracted = self._drop_stale_kv()
                 self.weights_version, self.weights_digest = version, new_digest
                 self.blocks.hash_salt = f"{version}:{new_digest}"
+            phases["swap_s"] = time.monotonic() - t
         finally:
             with self.cond:
                 self.loading_weights = False
                 self._emit(self.state_message())
-        log.info("weights updated to %s from %s in %.3fs", version, path, time.monotonic() - t0)
+        duration_s = time.monotonic() - t0
+        log.info(
+            "weights updated to %s from %s in %.3fs (%s)",
+            version,
+            path,
+            duration_s,
+            ", ".join(f"{k} {v:.3f}" for k, v in phases.items()),
+        )
         return {
             "updated": True,
             "weights_version": version,
@@ -527,7 +544,8 @@ class EngineCore:
             "mode": self.pause_mode,
             "retracted": retracted,
             "load_s": load_s,
-            "duration_s": time.monotonic() - t0,
+            "duration_s": duration_s,
+            "phases": phases,
         }
 
     def _drop_stale_kv(self) -> int:

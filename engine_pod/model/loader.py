@@ -11,7 +11,11 @@ from __future__ import annotations
 import glob
 import os
 import re
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -141,7 +145,35 @@ def validate_update(current: ModelConfig, new_dir: str) -> CheckedCheckpoint:
     return check_checkpoint(new_dir, new_cfg)
 
 
+@dataclass
+class LoadRecord:
+    """What checkpoint loads did on one thread inside `recording_loads()`."""
+
+    read_s: float = 0.0  # header validation + reading the data (and hashing it)
+    file_sha256: dict[str, str] = field(default_factory=dict)  # abs path → sha256 of bytes read
+
+
+_recording = threading.local()
+
+
+@contextmanager
+def recording_loads() -> Iterator[LoadRecord]:
+    """Record the checkpoint loads of this thread made inside the block (timings, file hashes)."""
+    rec = LoadRecord()
+    outer = getattr(_recording, "record", None)
+    _recording.record = rec
+    try:
+        yield rec
+    finally:
+        _recording.record = outer
+
+
 def load_update(current: ModelConfig, new_dir: str) -> dict[str, np.ndarray]:
     """`validate_update` then read the data as float32 numpy."""
+    t0 = time.monotonic()
     checked = validate_update(current, new_dir)
-    return {n: to_float32(read_tensor(t), t.dtype) for n, t in checked.tensors.items()}
+    w = {n: to_float32(read_tensor(t), t.dtype) for n, t in checked.tensors.items()}
+    rec = getattr(_recording, "record", None)
+    if rec is not None:
+        rec.read_s += time.monotonic() - t0
+    return w
