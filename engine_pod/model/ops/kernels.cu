@@ -519,6 +519,7 @@ template <typename T>
 __device__ int block_argmax(const T* __restrict__ row, int vocab) {
   float best = -INFINITY;
   int bi = 0x7fffffff;
+  #pragma unroll 8  // independent loads in flight (one row is latency-bound)
   for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
     float v = to_f(row[j]);
     if (v > best || (v == best && j < bi) || (bi == 0x7fffffff && v == best)) {
@@ -676,6 +677,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
   float mx = -INFINITY;
   int nfin = 0;
   if (!(temp <= 0.0 || top_k == 1)) {
+    #pragma unroll 8  // independent loads in flight (one row is latency-bound)
     for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
       float v = row[i];
       if (isfinite(v)) {
@@ -709,6 +711,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
     for (int shift = 24; shift >= 0; shift -= 8) {
       for (int j = tid; j < 256; j += SAMPLE_THREADS) rs.hist_c[j] = 0;
       __syncthreads();
+      #pragma unroll 8  // independent loads in flight (one row is latency-bound)
       for (int i0 = w * 32; i0 < vocab; i0 += SAMPLE_THREADS) {  // warp-uniform trip count
         int i = i0 + lane;
         uint32_t key = i < vocab ? logit_key(row[i]) : 0u;
@@ -741,6 +744,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
 
   // probability mass (unnormalized: exp((logit - max) / T)) of the top-k set
   double z = 0.0;
+  #pragma unroll 8  // independent loads in flight (one row is latency-bound)
   for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
     float v = row[i];
     if (logit_key(v) > thr) z += (double)expf((v - mx) * inv_t);
@@ -761,6 +765,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
     for (int shift = 24; shift >= 0; shift -= 8) {
       for (int j = tid; j < 256; j += SAMPLE_THREADS) rs.hist_c[j] = 0, rs.hist_m[j] = 0.0;
       __syncthreads();
+      #pragma unroll 8  // independent loads in flight (one row is latency-bound)
       for (int i0 = w * 32; i0 < vocab; i0 += SAMPLE_THREADS) {  // warp-uniform trip count
         int i = i0 + lane;
         float v = i < vocab ? row[i] : 0.f;
@@ -828,6 +833,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
   const int beg = w * seg, end = min(vocab, beg + seg);
   if (rank) {
     int c = 0;
+    #pragma unroll 8  // independent loads in flight (one row is latency-bound)
     for (int i = beg + lane; i < end; i += 32) c += logit_key(row[i]) == cut_k;
     for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
     if (lane == 0) s_ties[w] = c;
@@ -848,6 +854,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
   const uint64_t h = mix64(seed ^ mix64(counter));
   float best = -INFINITY;
   int bi = 0x7fffffff, kept = 0;
+  #pragma unroll 8  // independent loads in flight (one row is latency-bound)
   for (int i0 = beg; i0 < end; i0 += 32) {
     int i = i0 + lane;
     float v = i < end ? row[i] : 0.f;
