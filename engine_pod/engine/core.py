@@ -504,14 +504,17 @@ class EngineCore:
         phases: dict[str, float] = {}
         try:
             try:
-                t = time.monotonic()
-                new_digest = verify_checkpoint(path, digest)
-                phases["verify_s"] = time.monotonic() - t
+                # One pass over the bytes: the loader hashes what it reads (on a second
+                # thread), and the digest is made from those hashes, before anything swaps.
                 t = time.monotonic()
                 with recording_loads() as loaded:
                     prepared = self.runner.prepare_weights(path)
                 phases["read_s"] = loaded.read_s
+                phases["hash_s"] = loaded.hash_s  # on the second thread, within read_s
                 phases["build_s"] = time.monotonic() - t - loaded.read_s
+                t = time.monotonic()
+                new_digest = verify_checkpoint(path, digest, known=loaded.file_sha256)
+                phases["verify_s"] = time.monotonic() - t
             except CheckpointError as e:
                 raise ControlError(400, f"checkpoint rejected, old weights kept: {e}") from e
             except OSError as e:

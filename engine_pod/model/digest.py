@@ -18,6 +18,7 @@ import glob
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 
 from engine_pod.model.base import CheckpointError
 
@@ -43,9 +44,18 @@ def covered_files(ckpt_dir: str) -> list[str]:
     return sorted(names)
 
 
-def file_hashes(ckpt_dir: str) -> dict[str, str]:
-    """File name → sha256 hex of every covered file."""
-    return {name: file_sha256(os.path.join(ckpt_dir, name)) for name in covered_files(ckpt_dir)}
+def file_hashes(ckpt_dir: str, known: Mapping[str, str] | None = None) -> dict[str, str]:
+    """File name → sha256 hex of every covered file.
+
+    `known`: absolute path → sha256 hex of files already hashed (by the loader, from the
+    bytes it loaded); those are not read again.
+    """
+    known = known or {}
+    out = {}
+    for name in covered_files(ckpt_dir):
+        path = os.path.join(ckpt_dir, name)
+        out[name] = known.get(os.path.abspath(path)) or file_sha256(path)
+    return out
 
 
 def digest_of(hashes: dict[str, str]) -> str:
@@ -76,11 +86,16 @@ def check_manifest(ckpt_dir: str, hashes: dict[str, str]) -> None:
             raise CheckpointError(f"{name}: sha256 differs from {MANIFEST}")
 
 
-def verify_checkpoint(ckpt_dir: str, expected: str | None = None) -> str:
-    """The checkpoint's digest, after checking its manifest and the `expected` digest if given."""
+def verify_checkpoint(
+    ckpt_dir: str, expected: str | None = None, known: Mapping[str, str] | None = None
+) -> str:
+    """The checkpoint's digest, after checking its manifest and the `expected` digest if given.
+
+    `known`: as for `file_hashes` (the same digest, without hashing those files again).
+    """
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"{ckpt_dir}: not a directory")
-    hashes = file_hashes(ckpt_dir)
+    hashes = file_hashes(ckpt_dir, known)
     check_manifest(ckpt_dir, hashes)
     digest = digest_of(hashes)
     if expected is not None and expected.lower() != digest:

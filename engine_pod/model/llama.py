@@ -17,6 +17,7 @@ seam: Paddle's own operators on the CPU (`NativeOps`), our CUDA kernels on a GPU
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -53,10 +54,19 @@ class DecoderWeights:
 def build_weights(
     cfg: ModelConfig, w: dict[str, np.ndarray], dtype: str, ops: DecoderOps | None = None
 ) -> DecoderWeights:
-    """New Paddle tensors from float32 numpy HF weights (fusing qkv and gate/up)."""
+    """New Paddle tensors from float32 numpy HF weights (fusing qkv and gate/up).
+
+    With Paddle's own ops on the CPU, an array already of `dtype` becomes a tensor over
+    the same memory (no copy): `w` is handed over and must not change afterwards.
+    Parts that are consecutive rows of one array (as `loader.read_checked` lays them out)
+    are fused without a copy.
+    """
     ops = ops or NativeOps()
+    share = isinstance(ops, NativeOps) and paddle.get_device() == "cpu"
 
     def t(a: np.ndarray) -> paddle.Tensor:
+        if share and str(a.dtype) == dtype and a.flags.c_contiguous and a.flags.writeable:
+            return paddle.from_dlpack(a)  # keeps `a` alive; no copy
         return ops.to_device(a, dtype)
 
     layers = []
@@ -65,24 +75,39 @@ def build_weights(
         a = p + "self_attn."
         qkv_b = None
         if cfg.qkv_bias:
-            qkv_b = t(np.concatenate([w[a + f"{x}_proj.bias"] for x in "qkv"]))
+            qkv_b = t(_stacked([w[a + f"{x}_proj.bias"] for x in "qkv"]))
         layers.append(
             LayerWeights(
                 input_norm=t(w[p + "input_layernorm.weight"]),
-                qkv=t(np.concatenate([w[a + f"{x}_proj.weight"] for x in "qkv"])),
+                qkv=t(_stacked([w[a + f"{x}_proj.weight"] for x in "qkv"])),
                 qkv_bias=qkv_b,
                 o=t(w[a + "o_proj.weight"]),
                 o_bias=t(w[a + "o_proj.bias"]) if cfg.o_bias else None,
                 post_norm=t(w[p + "post_attention_layernorm.weight"]),
-                gate_up=t(
-                    np.concatenate([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]])
-                ),
+                gate_up=t(_stacked([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]])),
                 down=t(w[p + "mlp.down_proj.weight"]),
             )
         )
     embed = t(w["model.embed_tokens.weight"])
     lm_head = embed if cfg.tie_word_embeddings else t(w["lm_head.weight"])
     return DecoderWeights(embed, layers, t(w["model.norm.weight"]), lm_head)
+
+
+def _stacked(parts: list[np.ndarray]) -> np.ndarray:
+    """`np.concatenate(parts)`, without copying when the parts are, in order, all the rows
+    of one C-contiguous array."""
+    whole = parts[0].base
+    if (
+        isinstance(whole, np.ndarray)
+        and whole.flags.c_contiguous
+        and all(p.base is whole and p.flags.c_contiguous for p in parts)
+        and all(p.dtype == whole.dtype and p.shape[1:] == whole.shape[1:] for p in parts)
+        and parts[0].ctypes.data == whole.ctypes.data
+        and all(x.ctypes.data + x.nbytes == y.ctypes.data for x, y in pairwise(parts))
+        and sum(p.nbytes for p in parts) == whole.nbytes
+    ):
+        return whole
+    return np.concatenate(parts)
 
 
 class PagedKVCache:

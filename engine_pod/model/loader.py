@@ -4,6 +4,12 @@
 tensor present, nothing unexpected, exact shapes, dtype = config's torch_dtype);
 `load_checkpoint` then reads the data as float32 numpy arrays. Any defect raises
 `CheckpointError` with a message naming the file, tensor and shapes.
+
+Reading is one sequential pass per file, each tensor straight into a preallocated
+float32 array; a layer's q/k/v (and gate/up) arrays are consecutive rows of one array,
+so `build_weights` fuses them without copying. Inside `recording_loads()` the pass also
+hashes every byte it reads (sha256 on a second thread), so the checkpoint digest can be
+made from exactly the bytes loaded without reading the files again.
 """
 
 from __future__ import annotations
@@ -23,10 +29,10 @@ from engine_pod.model.base import CheckpointError
 from engine_pod.model.hf_config import ModelConfig, load_config
 from engine_pod.model.safetensors_io import (
     TORCH_TO_ST,
+    BackgroundHasher,
     TensorInfo,
+    read_file_into,
     read_header,
-    read_tensor,
-    to_float32,
 )
 
 # Present in some exports, harmless: ignored rather than rejected.
@@ -59,6 +65,18 @@ def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     if not cfg.tie_word_embeddings:
         out["lm_head.weight"] = (cfg.vocab_size, h)
     return out
+
+
+def fused_groups(cfg: ModelConfig) -> list[list[str]]:
+    """Tensors the decoder stacks into one weight: each layer's q/k/v (weights, biases), gate/up."""
+    groups = []
+    for n in range(cfg.num_layers):
+        p = f"model.layers.{n}."
+        groups.append([p + f"self_attn.{x}_proj.weight" for x in "qkv"])
+        if cfg.qkv_bias:
+            groups.append([p + f"self_attn.{x}_proj.bias" for x in "qkv"])
+        groups.append([p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"])
+    return groups
 
 
 @dataclass(frozen=True)
@@ -121,11 +139,77 @@ def check_checkpoint(model_dir: str, cfg: ModelConfig | None = None) -> CheckedC
     return CheckedCheckpoint(model_dir, cfg, {n: found[n] for n in expected})
 
 
+@dataclass
+class LoadRecord:
+    """What checkpoint loads did on one thread inside `recording_loads()`."""
+
+    read_s: float = 0.0  # header validation + reading the data, until its hash is done
+    hash_s: float = 0.0  # sha256 time on the second thread (overlaps read_s)
+    file_sha256: dict[str, str] = field(default_factory=dict)  # abs path → sha256 of bytes read
+
+
+_recording = threading.local()
+
+
+@contextmanager
+def recording_loads() -> Iterator[LoadRecord]:
+    """Record the checkpoint loads this thread makes inside the block: timings, and the
+    sha256 of each file read, hashed from the very bytes loaded (for `verify_checkpoint`)."""
+    rec = LoadRecord()
+    outer = getattr(_recording, "record", None)
+    _recording.record = rec
+    try:
+        yield rec
+    finally:
+        _recording.record = outer
+
+
 def load_checkpoint(model_dir: str) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """Validate then read every tensor as float32 numpy (tied lm_head not duplicated)."""
     checked = check_checkpoint(model_dir)
-    weights = {n: to_float32(read_tensor(t), t.dtype) for n, t in checked.tensors.items()}
-    return checked.config, weights
+    return checked.config, read_checked(checked)
+
+
+def allocate_float32(checked: CheckedCheckpoint) -> dict[str, np.ndarray]:
+    """Uninitialised float32 arrays for every tensor; each `fused_groups` group as
+    consecutive rows of one array (the entries are views of it)."""
+    shapes = {n: t.shape for n, t in checked.tensors.items()}
+    out: dict[str, np.ndarray] = {}
+    for group in fused_groups(checked.config):
+        rows = sum(shapes[n][0] for n in group)
+        stacked = np.empty((rows, *shapes[group[0]][1:]), np.float32)
+        row = 0
+        for n in group:
+            out[n] = stacked[row : row + shapes[n][0]]
+            row += shapes[n][0]
+    for n, shape in shapes.items():
+        if n not in out:
+            out[n] = np.empty(shape, np.float32)
+    return out
+
+
+def read_checked(checked: CheckedCheckpoint) -> dict[str, np.ndarray]:
+    """Read a validated checkpoint's tensors as float32 (see `allocate_float32`), one
+    sequential pass per file; hashed on a second thread inside `recording_loads()`."""
+    rec: LoadRecord | None = getattr(_recording, "record", None)
+    t0 = time.monotonic()
+    weights = allocate_float32(checked)
+    by_file: dict[str, dict[str, TensorInfo]] = {}
+    for name, info in checked.tensors.items():
+        by_file.setdefault(info.file, {})[name] = info
+    hasher = BackgroundHasher() if rec is not None else None
+    try:
+        for path, infos in sorted(by_file.items()):
+            sha = read_file_into(path, infos, weights, hasher)
+            if rec is not None and sha is not None:
+                rec.file_sha256[os.path.abspath(path)] = sha
+    finally:
+        if hasher is not None:
+            hasher.close()
+    if rec is not None and hasher is not None:
+        rec.read_s += time.monotonic() - t0
+        rec.hash_s += hasher.busy_s
+    return weights
 
 
 def check_same_architecture(current: ModelConfig, new: ModelConfig) -> None:
@@ -145,35 +229,11 @@ def validate_update(current: ModelConfig, new_dir: str) -> CheckedCheckpoint:
     return check_checkpoint(new_dir, new_cfg)
 
 
-@dataclass
-class LoadRecord:
-    """What checkpoint loads did on one thread inside `recording_loads()`."""
-
-    read_s: float = 0.0  # header validation + reading the data (and hashing it)
-    file_sha256: dict[str, str] = field(default_factory=dict)  # abs path → sha256 of bytes read
-
-
-_recording = threading.local()
-
-
-@contextmanager
-def recording_loads() -> Iterator[LoadRecord]:
-    """Record the checkpoint loads of this thread made inside the block (timings, file hashes)."""
-    rec = LoadRecord()
-    outer = getattr(_recording, "record", None)
-    _recording.record = rec
-    try:
-        yield rec
-    finally:
-        _recording.record = outer
-
-
 def load_update(current: ModelConfig, new_dir: str) -> dict[str, np.ndarray]:
-    """`validate_update` then read the data as float32 numpy."""
+    """`validate_update` then read the data as float32 numpy (see `read_checked`)."""
     t0 = time.monotonic()
     checked = validate_update(current, new_dir)
-    w = {n: to_float32(read_tensor(t), t.dtype) for n, t in checked.tensors.items()}
-    rec = getattr(_recording, "record", None)
+    rec: LoadRecord | None = getattr(_recording, "record", None)
     if rec is not None:
-        rec.read_s += time.monotonic() - t0
-    return w
+        rec.read_s += time.monotonic() - t0  # header validation
+    return read_checked(checked)
