@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from engine_pod.model.digest import verify_checkpoint, write_manifest
+from engine_pod.model.hf_config import load_config
+from engine_pod.model.reference import reference_greedy
+from engine_pod.model.safetensors_io import read_header, read_tensor, to_float32
 from engine_pod.model.tiny import ensure_tiny_model
+from engine_pod.model.tokenizer import load_tokenizer
 from tests.engine.conftest import complete, control
 
 PROMPT = "weights decide what comes next"
@@ -38,11 +43,21 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     bad_json = root / "bad-json"
     shutil.copytree(base, bad_json)
     (bad_json / "config.json").write_text("{ not json")
+    # valid headers, one data byte flipped after its manifest was written: only the
+    # sha256 of the bytes loaded can tell
+    flipped = root / "flipped"
+    shutil.copytree(base, flipped)
+    write_manifest(str(flipped))
+    st = flipped / "model.safetensors"
+    data = bytearray(st.read_bytes())
+    data[-5] ^= 0x40
+    st.write_bytes(bytes(data))
     return {
         "base": base,
         "new": new,
         "corrupt": corrupt,
         "bad_json": bad_json,
+        "flipped": flipped,
         "missing": root / "nope",
     }
 
@@ -52,7 +67,7 @@ def test_update_while_running_is_409(running, checkpoints):
     assert r.status_code == 409 and "paused" in r.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("name", ["corrupt", "bad_json", "missing"])
+@pytest.mark.parametrize("name", ["corrupt", "bad_json", "flipped", "missing"])
 def test_bad_checkpoint_is_400_and_old_weights_keep_serving(running, checkpoints, name):
     before = greedy(running)
     version = control(running, "/v1/is_paused", method="GET").json()["weights_version"]
@@ -97,6 +112,59 @@ def test_good_checkpoint_changes_outputs_and_version(running, checkpoints):
     ).raise_for_status()
     control(running, "/v1/resume").raise_for_status()
     assert greedy(running) == before
+
+
+def test_wrong_digest_is_400_and_old_weights_keep_serving(running, checkpoints):
+    before = greedy(running)
+    control(running, "/v1/pause").raise_for_status()
+    body = {
+        "path": str(checkpoints["new"]),
+        "version": "bad",
+        "digest": verify_checkpoint(str(checkpoints["base"])),
+    }
+    r = control(running, "/v1/update_weights", body)
+    assert r.status_code == 400 and "digest mismatch" in r.json()["error"]["message"], r.text
+    control(running, "/v1/resume").raise_for_status()
+    assert greedy(running) == before
+
+
+def test_update_reports_phases_digest_and_serves_the_new_checkpoint(running, checkpoints):
+    """The answer's phases and digest (= `python -m engine_pod.model.digest DIR`), and the
+    greedy output after the update = the reference forward over the checkpoint's tensors."""
+    new = str(checkpoints["new"])
+    cli = subprocess.run(
+        [sys.executable, "-m", "engine_pod.model.digest", new],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    control(running, "/v1/pause").raise_for_status()
+    try:
+        r = control(running, "/v1/update_weights", {"path": new, "version": "step-1"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["weights_digest"] == cli
+        assert control(running, "/v1/is_paused", method="GET").json()["weights_digest"] == cli
+        phases = body["phases"]
+        assert set(phases) == {"verify_s", "read_s", "hash_s", "build_s", "swap_s"}
+        assert all(v >= 0 for v in phases.values())
+        control(running, "/v1/resume").raise_for_status()
+        ids = load_tokenizer(new).encode(PROMPT)
+        r = complete(running, ids, max_tokens=16, ignore_eos=True)
+        assert r.status_code == 200, r.text
+        # the oracle's weights read tensor by tensor, not through the one-pass loader
+        weights = {
+            n: to_float32(read_tensor(t), t.dtype)
+            for n, t in read_header(str(checkpoints["new"] / "model.safetensors")).items()
+        }
+        want = reference_greedy((load_config(new), weights), ids, 16)
+        assert r.json()["choices"][0]["token_ids"] == want
+    finally:
+        control(running, "/v1/pause").raise_for_status()
+        control(
+            running, "/v1/update_weights", {"path": str(checkpoints["base"]), "version": "base"}
+        ).raise_for_status()
+        control(running, "/v1/resume").raise_for_status()
 
 
 def test_start_weights_are_checked_against_the_pools_digest(checkpoints, tmp_path):
