@@ -162,10 +162,11 @@ class CudaOps(DecoderOps):
         self._stream: int | None = None
         dev = paddle.device.get_device()  # "gpu:N" once paddle.set_device("gpu") ran
         self.device_id = int(dev.split(":")[1]) if dev.startswith("gpu:") else 0
-        # paged attention: "v2" (split-K, warp per key; default), "v3" (split-K, several keys
-        # a warp, 16-byte loads) or "v1" (one block per token and kv head); force_nsplit pins
-        # the split count (tests)
-        self.attn_version = os.environ.get("RLFLEET_ATTN", "v2")
+        # paged attention: "v2" (split-K, warp per key), "v3" (split-K, several keys a warp,
+        # 16-byte loads), "auto" (default: v3 when its grid fits one wave, else v2; see
+        # `attention`) or "v1" (one block per token and kv head); force_nsplit pins the
+        # split count (tests)
+        self.attn_version = os.environ.get("RLFLEET_ATTN", "auto")
         self.keys_per_split = ATTN_KEYS_PER_SPLIT  # v2's split length (fixed while graphs live)
         self.force_nsplit: int | None = None
         try:
@@ -366,7 +367,7 @@ class CudaOps(DecoderOps):
         hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         out = self._empty([st.n_tok, hq * d], dt)
         scale = 1.0 / float(np.sqrt(d))
-        if self.attn_version in ("v2", "v3"):
+        if self.attn_version in ("v2", "v3", "auto"):
             # Split-K unless (tokens x kv heads) blocks fill the GPU several times. Splits are
             # fixed runs of ATTN_KEYS_PER_SPLIT keys over the block tables' capacity, so the
             # partition (hence the rounding) is the same for any context length in the
@@ -380,6 +381,13 @@ class CudaOps(DecoderOps):
                 nsplit = 1
             else:
                 nsplit = max(1, -(-(st.table_stride * st.block_size) // kps))
+            version = self.attn_version
+            if version == "auto":
+                # v3 has the shorter per-warp chains but 192 registers a thread (2 blocks an
+                # SM): it wins while its grid fits one wave (H200: decode batch <= 8 of the
+                # 0.5B shape), v2 beyond (bench/gpu/RESULTS.md). The choice depends on the
+                # step's shape only, so eager steps and graph replays agree.
+                version = "v3" if st.n_tok * hkv * nsplit <= 2 * self.num_sms else "v2"
             part_acc = part_ml = None
             if nsplit > 1:
                 part_acc = self._empty([st.n_tok * hq * nsplit * d], "float32")
@@ -391,9 +399,7 @@ class CudaOps(DecoderOps):
                 st.block_size, scale, nsplit, kps, _CODE[dt], self.stream,
             )  # fmt: skip
             # 801: no instance for this shape → v3 falls back to v2, v2 to v1
-            for fn in ["rl_paged_attention_v3", "rl_paged_attention_v2"][
-                self.attn_version == "v2" :
-            ]:
+            for fn in ["rl_paged_attention_v3", "rl_paged_attention_v2"][version == "v2" :]:
                 rc = getattr(self.lib, fn)(*args)
                 if rc == 0:
                     return out
