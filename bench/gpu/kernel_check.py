@@ -179,12 +179,13 @@ def check_shape(ck: Checker, hidden: int, heads: int, kv: int, d: int, inter: in
     # paged attention (decode rows + prefill chunks in one launch) over those caches
     _, qa_c, qa_g = pair(T, heads, d, scale=2.0)
     ref = C(cpu.attention, qa_c, kc_c, vc_c, st_c).numpy()
+    keep = gpu.attn_version
     for ver, ns in (("v1", None), ("v2", None), ("v2", 1), ("v2", 5), ("v3", None), ("v3", 1),
                     ("v3", 5)):  # fmt: skip
         gpu.attn_version, gpu.force_nsplit = ver, ns
         name = f"paged_attention.{ver}" + (f".split{ns}" if ns else "")
         ck.record(name, case, dtype, back(gpu.attention(qa_g, kc_g, vc_g, st_g)), ref)
-    gpu.attn_version, gpu.force_nsplit = "v2", None
+    gpu.attn_version, gpu.force_nsplit = keep, None
     # SiLU * mul
     _, gu_c, gu_g = pair(T, 2 * inter, scale=2.0)
     ck.record("silu_mul", case, dtype, back(gpu.silu_mul(gu_g)), C(cpu.silu_mul, gu_c).numpy())
