@@ -161,7 +161,15 @@ def test_pause_mid_step_with_aborts_in_flight_does_not_deadlock(slow_engine):
                 await asyncio.sleep(0.05)
                 if stats(slow_engine)["running"] == 4:
                     break
-            await asyncio.sleep(0.2)  # a step is in flight now
+            # A step boundary: the step counter moves as one 1.5 s step ends and the next
+            # (4 running) begins, so the pause below lands well inside a step, even when a
+            # loaded machine is slow to poll.
+            steps = stats(slow_engine)["steps"]
+            for _ in range(200):
+                await asyncio.sleep(0.02)
+                if stats(slow_engine)["steps"] != steps:
+                    break
+            await asyncio.sleep(0.1)  # a step is in flight now
             auth = {"Authorization": "Bearer test-control-token"}
             abort = client.post(
                 slow_engine.url + "/v1/abort_requests",
