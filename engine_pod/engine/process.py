@@ -18,6 +18,7 @@ from engine_pod.engine.request import Request
 from engine_pod.ipc import IMMEDIATE_COMMANDS, IpcAddresses
 from engine_pod.model.base import ModelRunner, SamplingParams
 from engine_pod.model.digest import verify_checkpoint
+from engine_pod.model.loader import recording_loads
 
 log = logging.getLogger("rlfleet.engine")
 
@@ -282,18 +283,23 @@ def run_engine_process(config: EngineConfig, addrs: IpcAddresses) -> None:
     sender = OutputSender(push)
     try:
         t0 = time.monotonic()
-        runner = build_runner(config)
+        # One pass over the bytes, as in update_weights: the loader hashes what it reads,
+        # and the digest (checked against --weights-digest) comes from those hashes.
+        with recording_loads() as loaded:
+            runner = build_runner(config)
+            prepared = runner.prepare_weights(config.weights_path) if config.weights_path else None
+        weights_dir = config.weights_path or getattr(runner, "weights_path", None) or config.model
+        digest = ""
+        if weights_dir:
+            expected = config.weights_digest if config.weights_path else None
+            digest = verify_checkpoint(weights_dir, expected, known=loaded.file_sha256)
         version = config.weights_version or "base"
-        if config.weights_path:
-            # Checked before loading: a replica never starts serving unverified weights.
-            digest = verify_checkpoint(config.weights_path, config.weights_digest)
-            runner.swap_weights(runner.prepare_weights(config.weights_path))
+        if prepared is not None:
+            # Swapped in only once verified: a replica never serves unverified weights.
+            runner.swap_weights(prepared)
             version = config.weights_version or os.path.basename(
                 os.path.normpath(config.weights_path)
             )
-        else:
-            weights_dir = getattr(runner, "weights_path", None) or config.model
-            digest = verify_checkpoint(weights_dir) if weights_dir else ""
         core = EngineCore(config, runner, sender.put, sender.flush, version, digest)
         log.info(
             "model loaded in %.2fs (runner=%s, weights=%s)",

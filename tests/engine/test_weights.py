@@ -167,7 +167,8 @@ def test_update_reports_phases_digest_and_serves_the_new_checkpoint(running, che
         control(running, "/v1/resume").raise_for_status()
 
 
-def test_start_weights_are_checked_against_the_pools_digest(checkpoints, tmp_path):
+@pytest.mark.parametrize("runner", ["synthetic", "paddle"])
+def test_start_weights_are_checked_against_the_pools_digest(checkpoints, tmp_path, runner):
     """A replica (re)started with the pool's weights and digest starts only on those exact bytes."""
     import httpx
 
@@ -176,10 +177,11 @@ def test_start_weights_are_checked_against_the_pools_digest(checkpoints, tmp_pat
 
     ckpt = str(checkpoints["new"])
     digest = verify_checkpoint(ckpt)
-    common = ("--runner", "synthetic", "--start-paused", "--weights-path", ckpt)
+    common = ("--runner", runner, "--start-paused", "--weights-path", ckpt)
     with EnginePod(*common, "--weights-digest", digest, log_path=tmp_path / "ok.log") as pod:
         state = httpx.get(pod.url + "/v1/is_paused", timeout=5).json()
         assert (state["weights_digest"], state["weights_path"]) == (digest, ckpt)
+        assert state["weights_version"] == "step-1" and state["is_paused"] is True
     # The wrong digest: the engine never comes up; liveness says why (the kubelet restarts it).
     bad = EnginePod(*common, "--weights-digest", "0" * 64, log_path=tmp_path / "bad.log").start()
     try:
