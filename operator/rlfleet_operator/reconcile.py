@@ -175,7 +175,7 @@ class Reconciler:
         )
         # What the replicas must load: spec.weights, or the weights a rollback restored.
         rollback = active_rollback(spec, old)
-        target = Weights.from_status(rollback["restored"]) if rollback else spec.weights
+        target = Weights.from_mapping(rollback["restored"]) if rollback else spec.weights
         pool_weights = target if (spec.paused or state is None) else weights_from_state(state)
         desired = resources.state_data(spec.paused, pool_weights)
         if state is None:
@@ -521,7 +521,7 @@ class _Pass:
 
         The decision is written to status.rollback (and the state ConfigMap) before any replica
         is touched, so a pass after an operator restart carries on with the same rollback."""
-        restored = Weights.from_status(self.old.get("committedWeights"))
+        restored = Weights.from_mapping(self.old.get("committedWeights"))
         if restored is None or restored.key == failed_weights.key:
             self.rec._event(
                 self.body,

@@ -45,7 +45,8 @@ class Weights:
         return out
 
     @classmethod
-    def from_status(cls, data: Mapping[str, Any] | None) -> Weights | None:
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> Weights | None:
+        """`{version, path[, digest]}` (spec.weights, status records) → Weights; None if no version."""
         if not data or not data.get("version"):
             return None
         return cls(str(data["version"]), str(data.get("path") or ""), data.get("digest") or None)
@@ -107,11 +108,7 @@ class PoolSpec:
             node_selector=dict(spec.get("nodeSelector") or {}),
             image_pull_policy=spec.get("imagePullPolicy") or None,
             paused=bool(spec.get("paused", False)),
-            weights=Weights(
-                str(weights["version"]), str(weights["path"]), weights.get("digest") or None
-            )
-            if weights and weights.get("version")
-            else None,
+            weights=Weights.from_mapping(weights),
             failure_policy=str((weights or {}).get("failurePolicy") or FENCE),
             pause=PauseSpec(
                 timeout_s=float(pause.pop("timeoutSeconds", DEFAULT_PAUSE_TIMEOUT_S)),

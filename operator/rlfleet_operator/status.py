@@ -19,10 +19,20 @@ def _listing(items: Mapping[str, str], limit: int = 5) -> str:
     return "; ".join(parts)
 
 
+def serving_replicas(views: Sequence[ReplicaView]) -> list[ReplicaView]:
+    """Replicas that answer and are not fenced: the ones clients reach."""
+    return [v for v in views if v.reachable and not v.fenced]
+
+
+def common_digest(views: Sequence[ReplicaView]) -> str | None:
+    """The weights digest every serving replica reports, else None."""
+    digests = {v.weights_digest for v in serving_replicas(views)}
+    return digests.pop() if len(digests) == 1 else None
+
+
 def common_version(views: Sequence[ReplicaView]) -> str | None:
-    """The weights version every serving (reachable, not fenced) replica reports, "mixed", or
-    None if none answered."""
-    versions = Counter(v.weights_version or "" for v in views if v.reachable and not v.fenced)
+    """The weights version every serving replica reports, "mixed", or None if none answered."""
+    versions = Counter(v.weights_version or "" for v in serving_replicas(views))
     if not versions:
         return None
     if len(versions) == 1:
@@ -36,10 +46,10 @@ def active_rollback(spec: PoolSpec, status: Mapping[str, Any]) -> Mapping[str, A
     record = status.get("rollback")
     if not record or spec.weights is None or spec.failure_policy != ROLLBACK:
         return None
-    failed = Weights.from_status(record.get("failed"))
+    failed = Weights.from_mapping(record.get("failed"))
     if failed is None or failed.key != spec.weights.key:
         return None
-    return record if Weights.from_status(record.get("restored")) else None
+    return record if Weights.from_mapping(record.get("restored")) else None
 
 
 def committed_weights(
@@ -47,11 +57,10 @@ def committed_weights(
 ) -> dict[str, str] | None:
     """The weights every serving replica has, once WeightsSynced is True: what a rollback goes
     back to. Without spec.weights, the start weights the engines report (version, path, digest)."""
-    serving = [v for v in views if v.reachable and not v.fenced]
+    serving = serving_replicas(views)
     if not serving or not c.is_true(status.get("conditions"), c.WEIGHTS_SYNCED):
         return None
-    digests = {v.weights_digest for v in serving}
-    digest = digests.pop() if len(digests) == 1 else None
+    digest = common_digest(serving)
     if spec.weights is not None:
         return {**spec.weights.to_status(), **({"digest": digest} if digest else {})}
     seen = {(v.weights_version, v.weights_path) for v in serving}
@@ -68,15 +77,14 @@ def _weights_condition(
     old: Mapping[str, Any],
     views: Sequence[ReplicaView],
     unreachable: Mapping[str, str],
+    fenced: Mapping[str, str],
     sync_errors: Mapping[str, str],
     note: str,
     generation: int | None,
 ) -> dict[str, Any]:
     """WeightsSynced: True once every serving replica is on spec.weights (same version and
     digest); fenced replicas are out of serving and named in the message (ReplicasFenced)."""
-    reachable = [v for v in views if v.live and v.reachable]
-    serving = [v for v in reachable if not v.fenced]
-    fenced = {v.pod: v.fence_reason or "fenced" for v in reachable if v.fenced}
+    serving = serving_replicas(views)
     version = common_version(views)
 
     def cond(ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -220,7 +228,9 @@ def build_status(
             )
 
     # WeightsSynced
-    synced = _weights_condition(spec, old, views, unreachable, sync_errors, note, generation)
+    synced = _weights_condition(
+        spec, old, views, unreachable, fenced, sync_errors, note, generation
+    )
     version = common_version(views)
 
     # Phase
@@ -250,8 +260,7 @@ def build_status(
     )
     if version is not None:
         status["weightsVersion"] = version
-    digests = {v.weights_digest for v in reachable if not v.fenced}
-    digest = digests.pop() if len(digests) == 1 else None
+    digest = common_digest(views)
     if digest:
         status["weightsDigest"] = digest  # one digest across the pool
     elif status.get("weightsDigest"):
