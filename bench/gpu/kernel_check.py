@@ -32,12 +32,18 @@ from engine_pod.model.llama import Rope
 from engine_pod.model.ops.cuda import CudaOps
 from engine_pod.model.ops.native import NativeOps
 from engine_pod.model.random_model import random_config
+from engine_pod.model.safetensors_io import float32_to_bf16
 from engine_pod.model.step_plan import plan_step
 
 TOL = {"float32": 2e-4, "bfloat16": 3e-2, "float16": 4e-3}  # relative to max |ref| (>= 1)
 
 CPU = paddle.CPUPlace()
 DRY = False  # --dry-cpu: NativeOps stands in for CudaOps on the CPU (tests this harness only)
+
+
+def bf16_round(a: np.ndarray) -> np.ndarray:
+    """a rounded to bfloat16 (numpy, round to nearest even), back as float32."""
+    return (float32_to_bf16(a).astype(np.uint32) << 16).view(np.float32)
 
 
 def rounded(a: np.ndarray, dtype: str) -> np.ndarray:
@@ -181,7 +187,7 @@ def check_shape(ck: Checker, hidden: int, heads: int, kv: int, d: int, inter: in
     ref = C(cpu.attention, qa_c, kc_c, vc_c, st_c).numpy()
     keep = gpu.attn_version
     for ver, ns in (("v1", None), ("v2", None), ("v2", 1), ("v2", 5), ("v3", None), ("v3", 1),
-                    ("v3", 5)):  # fmt: skip
+                    ("v3", 5), ("v4", None), ("v4", 1), ("v4", 5)):  # fmt: skip
         gpu.attn_version, gpu.force_nsplit = ver, ns
         name = f"paged_attention.{ver}" + (f".split{ns}" if ns else "")
         ck.record(name, case, dtype, back(gpu.attention(qa_g, kc_g, vc_g, st_g)), ref)
@@ -189,11 +195,15 @@ def check_shape(ck: Checker, hidden: int, heads: int, kv: int, d: int, inter: in
     # SiLU * mul
     _, gu_c, gu_g = pair(T, 2 * inter, scale=2.0)
     ck.record("silu_mul", case, dtype, back(gpu.silu_mul(gu_g)), C(cpu.silu_mul, gu_c).numpy())
-    # logits (+ cast to float32) and greedy argmax
+    # logits (in the model's dtype on the device; widened for the host) and greedy argmax,
+    # straight from those logits and from a float32 copy
     _, r_c, r_g = pair(S, hidden)
     _, lm_c, lm_g = pair(cfg.vocab_size, hidden, scale=hidden**-0.5)
-    lg = gpu.logits(r_g, lm_g).numpy()
+    lg_g = gpu.logits(r_g, lm_g)
+    lg = gpu.logits_to_numpy(lg_g)
     ck.record("logits", case, dtype, lg, C(cpu.logits, r_c, lm_c).numpy())
+    got = gpu.greedy(lg_g)
+    ck.record("greedy_argmax", case, dtype, np.asarray(got), np.argmax(lg, axis=-1))
     got = gpu.greedy(ck.gpu_t(lg, "float32"))
     ck.record("greedy_argmax", case, "float32", np.asarray(got), np.argmax(lg, axis=-1))
     _ = (kc0, vc0, qkv)
@@ -206,10 +216,11 @@ def check_argmax_ties(ck: Checker) -> None:
     lg[1, :] = -np.inf
     lg[1, 77] = 0.0
     lg[2, -1] = 99.0
-    got = ck.gpu.greedy(ck.gpu_t(lg, "float32"))
-    ck.record(
-        "greedy_argmax", "ties/-inf/last, V=151936", "float32", np.asarray(got), np.argmax(lg, -1)
-    )
+    for dtype in ("float32",) if DRY else ("float32", "bfloat16"):  # Paddle's CPU: no bf16
+        want = lg if dtype == "float32" else bf16_round(lg)
+        got = ck.gpu.greedy(ck.gpu_t(want, dtype))
+        ck.record("greedy_argmax", "ties/-inf/last, V=151936", dtype, np.asarray(got),
+                  np.argmax(want, -1))  # fmt: skip
 
 
 def main() -> None:
@@ -235,6 +246,7 @@ def main() -> None:
             "silu_mul",
             "final_norm",
             "logits",
+            "logits_to_numpy",
         ):
             setattr(CudaOps, name, getattr(NativeOps, name))
         CudaOps.greedy = NativeOps.greedy

@@ -73,7 +73,7 @@ def profile(runner: PaddleModelRunner, b: int, ctx: int) -> dict:
         "add_rms_norm": graph_us(lambda: ops.add_rms_norm(x, h, lw.post_norm, eps)),
         "gemm_qkv": graph_us(lambda: ops.linear(h, lw.qkv)),
         "qkv_rope_cache": graph_us(lambda: ops.qkv_rope_cache(qkv, lw.qkv_bias, st, kc, vc)),
-        "attention_v2": graph_us(lambda: ops.attention(q, kc, vc, st)),
+        "attention": graph_us(lambda: ops.attention(q, kc, vc, st)),
         "gemm_o": graph_us(lambda: ops.linear(attn, lw.o)),
         "gemm_gate_up": graph_us(lambda: ops.linear(h, lw.gate_up)),
         "silu_mul": graph_us(lambda: ops.silu_mul(gu)),
@@ -82,7 +82,7 @@ def profile(runner: PaddleModelRunner, b: int, ctx: int) -> dict:
     head = {
         "embed": graph_us(lambda: ops.embed(w.embed, st)),
         "final_norm": graph_us(lambda: ops.final_norm(x, h, w.norm, st, eps)),
-        "lm_head_gemm+cast": graph_us(lambda: ops.logits(h, w.lm_head)),
+        "lm_head_gemm": graph_us(lambda: ops.logits(h, w.lm_head)),
         "argmax": graph_us(lambda: ops.argmax(logits)),
     }
     keep = ops.attn_version

@@ -196,21 +196,22 @@ def time_it(ops, res: dict) -> None:
     out = []
     for rows in (1, 64, 128):
         logits = make_logits(rng, rows, 151936, "bf16")
-        lg = ops.to_device(logits, "float32")
-        for name, sp in [("greedy", SamplingParams(temperature=0.0)),
-                         ("temperature", SamplingParams(temperature=0.8, seed=1)),
-                         ("top_k50_top_p0.9", SamplingParams(temperature=0.8, top_k=50, top_p=0.9, seed=1)),
-                         ("top_p0.9", SamplingParams(temperature=0.8, top_p=0.9, seed=1))]:  # fmt: skip
-            pr = ops.upload_int64(device_rows([sp] * rows, [0] * rows).reshape(-1))
-            ops.sample_rows(lg, pr.data_ptr())
-            ops.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(20):
+        for dtype in ("bfloat16", "float32"):  # the runner's logits are in the model's dtype
+            lg = ops.to_device(logits, dtype)
+            for name, sp in [("greedy", SamplingParams(temperature=0.0)),
+                             ("temperature", SamplingParams(temperature=0.8, seed=1)),
+                             ("top_k50_top_p0.9", SamplingParams(temperature=0.8, top_k=50, top_p=0.9, seed=1)),
+                             ("top_p0.9", SamplingParams(temperature=0.8, top_p=0.9, seed=1))]:  # fmt: skip
+                pr = ops.upload_int64(device_rows([sp] * rows, [0] * rows).reshape(-1))
                 ops.sample_rows(lg, pr.data_ptr())
-            ops.synchronize()
-            us = (time.perf_counter() - t0) / 20 * 1e6
-            out.append(dict(rows=rows, mode=name, us=round(us, 1)))
-            print(f"sample {name:18} rows {rows:4}: {us:8.1f} us", flush=True)
+                ops.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    ops.sample_rows(lg, pr.data_ptr())
+                ops.synchronize()
+                us = (time.perf_counter() - t0) / 20 * 1e6
+                out.append(dict(rows=rows, dtype=dtype, mode=name, us=round(us, 1)))
+                print(f"sample {name:18} {dtype:8} rows {rows:4}: {us:8.1f} us", flush=True)
     res["timing"] = out
 
 

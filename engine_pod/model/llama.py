@@ -162,7 +162,7 @@ class PagedDecoder:
     def forward_logits(
         self, w: DecoderWeights, cache: PagedKVCache, plan: StepPlan, st: Any = None
     ) -> paddle.Tensor | None:
-        """Run the step; write K/V into `cache`; float32 logits [S, vocab] on the device
+        """Run the step; write K/V into `cache`; logits [S, vocab] on the device (`ops.logits`)
         (None when no row is sampled). `st`: the step's uploaded indices, when the caller
         made them (static buffers for CUDA graphs); else `ops.begin_step` makes them."""
         cfg, ops = self.cfg, self.ops

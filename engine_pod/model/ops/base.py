@@ -93,7 +93,8 @@ class DecoderOps(ABC):
 
     @abstractmethod
     def logits(self, rows: paddle.Tensor, lm_head: paddle.Tensor) -> paddle.Tensor:
-        """float32 logits [S, vocab]."""
+        """Logits [S, vocab] on the device (float32, or the model's dtype where the kernels
+        that read them take it; `logits_to_numpy` gives float32)."""
 
     def logits_to_numpy(self, logits: paddle.Tensor) -> np.ndarray:
         return logits.numpy()

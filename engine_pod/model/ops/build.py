@@ -53,8 +53,15 @@ def build(out: str | None = None, archs: tuple[str, ...] = DEFAULT_ARCHS) -> str
     return out
 
 
+def sources() -> list[str]:
+    """kernels.cu and the headers it includes (ops/*.cuh)."""
+    return [SOURCE] + sorted(os.path.join(HERE, f) for f in os.listdir(HERE) if f.endswith(".cuh"))
+
+
 def is_stale(path: str) -> bool:
-    return not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(SOURCE)
+    if not os.path.exists(path):
+        return True
+    return os.path.getmtime(path) < max(os.path.getmtime(f) for f in sources())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,11 +41,13 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rl_qkv_rope_cache": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _P],
     "rl_paged_attention_smem": [_I, _I, _I],
     "rl_paged_attention": [_P, _P, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _F, _I, _P],
-    "rl_argmax": [_P, _P, _I, _I, _I, _P],
+    "rl_argmax": [_P, _P, _I, _I, _I, _P, _P, _I, _P],
+    "rl_select_part_bytes": [],
     "rl_h2d": [_P, _P, _I64, _P],
     "rl_d2d": [_P, _P, _I64, _P],
-    "rl_sample": [_P, _P, _P, _P, _I, _I, _P],
+    "rl_sample": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _I, _P],
     "rl_paged_attention_v3": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
+    "rl_paged_attention_v4": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v2": [
         _P,
         _P,
@@ -69,10 +71,15 @@ _SIGNATURES: dict[str, list[Any]] = {
         _P,
     ],
 }
-ATTN_KEYS_PER_SPLIT = int(os.environ.get("RLFLEET_ATTN_KPS", "64"))
-_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+ATTN_KEYS_PER_SPLIT = int(os.environ.get("RLFLEET_ATTN_KPS", "0"))  # 0: by batch size
+_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "int32": 4}
 _CODE = {"float32": 0, "bfloat16": 1, "float16": 2}
 MIN_STRIDE = 8  # smallest block-table row of a step (blocks)
+# zeroed uint32 counters the kernels that merge their blocks' partial results in the same
+# launch use (the last block of a group merges and resets its counter): attention's splits of
+# a (token, kv head), then token selection's chunks of a row
+ATTN_COUNTERS = 1 << 15
+SELECT_COUNTERS = 1 << 15
 _GREEDY = SamplingParams(temperature=0.0)
 
 
@@ -82,6 +89,14 @@ def stride_bucket(need: int) -> int:
     length, so eager steps and CUDA-graph replays (which must fix it) split and round alike."""
     n = max(MIN_STRIDE, need)
     return 1 << (n - 1).bit_length()
+
+
+def v4_keys_per_split(tokens: int) -> int:
+    """Split length of attention v4 for a step of `tokens` rows: short splits (more blocks)
+    for small batches, long ones (fewer partials to merge) for large (H200, 512-token
+    contexts: bench/gpu/RESULTS.md). The thresholds are graph batch buckets, so a batch and
+    the bucket it is padded to in a CUDA graph split alike."""
+    return 64 if tokens <= 32 else (128 if tokens <= 64 else 256)
 
 
 class CudaError(RuntimeError):
@@ -162,18 +177,22 @@ class CudaOps(DecoderOps):
         self._stream: int | None = None
         dev = paddle.device.get_device()  # "gpu:N" once paddle.set_device("gpu") ran
         self.device_id = int(dev.split(":")[1]) if dev.startswith("gpu:") else 0
-        # paged attention: "v2" (split-K, warp per key), "v3" (split-K, several keys a warp,
-        # 16-byte loads), "auto" (default: v3 when its grid fits one wave, else v2; see
-        # `attention`) or "v1" (one block per token and kv head); force_nsplit pins the
-        # split count (tests)
+        # paged attention: "v4" (split-K over tiles of keys loaded all at once into shared
+        # memory, splits merged in the same launch; "auto", the default), "v2" (split-K, a
+        # warp a key), "v3" (split-K, several keys a warp) or "v1" (one block per token and
+        # kv head); force_nsplit pins the split count (tests)
         self.attn_version = os.environ.get("RLFLEET_ATTN", "auto")
-        self.keys_per_split = ATTN_KEYS_PER_SPLIT  # v2's split length (fixed while graphs live)
+        # split length (0: v4_keys_per_split; fixed while graphs live)
+        self.keys_per_split = ATTN_KEYS_PER_SPLIT
         self.force_nsplit: int | None = None
         try:
             props = paddle.device.cuda.get_device_properties(self.device_id)
             self.num_sms = int(props.multi_processor_count)
         except Exception:
             self.num_sms = 132
+        self._select_part_bytes = int(self.lib.rl_select_part_bytes())
+        self.counters = self.zeros([ATTN_COUNTERS + SELECT_COUNTERS], "int32")
+        self.synchronize()
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -367,13 +386,14 @@ class CudaOps(DecoderOps):
         hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         out = self._empty([st.n_tok, hq * d], dt)
         scale = 1.0 / float(np.sqrt(d))
-        if self.attn_version in ("v2", "v3", "auto"):
+        if self.attn_version in ("v2", "v3", "v4", "auto"):
             # Split-K unless (tokens x kv heads) blocks fill the GPU several times. Splits are
             # fixed runs of ATTN_KEYS_PER_SPLIT keys over the block tables' capacity, so the
             # partition (hence the rounding) is the same for any context length in the
             # buffers: eager steps and CUDA-graph replays give identical results.
             blocks = st.n_tok * hkv
-            kps = self.keys_per_split
+            version = "v4" if self.attn_version == "auto" else self.attn_version
+            kps = self.keys_per_split or (v4_keys_per_split(st.n_tok) if version == "v4" else 64)
             if self.force_nsplit:
                 nsplit = self.force_nsplit
                 kps = -(-st.max_ctx // nsplit)
@@ -381,26 +401,22 @@ class CudaOps(DecoderOps):
                 nsplit = 1
             else:
                 nsplit = max(1, -(-(st.table_stride * st.block_size) // kps))
-            version = self.attn_version
-            if version == "auto":
-                # v3 has the shorter per-warp chains but 192 registers a thread (2 blocks an
-                # SM): it wins while its grid fits one wave (H200: decode batch <= 8 of the
-                # 0.5B shape), v2 beyond (bench/gpu/RESULTS.md). The choice depends on the
-                # step's shape only, so eager steps and graph replays agree.
-                version = "v3" if st.n_tok * hkv * nsplit <= 2 * self.num_sms else "v2"
             part_acc = part_ml = None
             if nsplit > 1:
                 part_acc = self._empty([st.n_tok * hq * nsplit * d], "float32")
                 part_ml = self._empty([st.n_tok * hq * nsplit * 2], "float32")
+            counters = self.counters.data_ptr() if blocks <= ATTN_COUNTERS else None
             args = (
-                out.data_ptr(), part_acc.data_ptr() if part_acc is not None else None,
-                part_ml.data_ptr() if part_ml is not None else None, q.data_ptr(), kc.data_ptr(),
-                vc.data_ptr(), st.tables, st.table_stride, st.seq, st.pos, st.n_tok, hq, hkv, d,
-                st.block_size, scale, nsplit, kps, _CODE[dt], self.stream,
+                q.data_ptr(), kc.data_ptr(), vc.data_ptr(), st.tables, st.table_stride, st.seq,
+                st.pos, st.n_tok, hq, hkv, d, st.block_size, scale, nsplit, kps, _CODE[dt],
+                self.stream,
             )  # fmt: skip
-            # 801: no instance for this shape → v3 falls back to v2, v2 to v1
-            for fn in ["rl_paged_attention_v3", "rl_paged_attention_v2"][version == "v2" :]:
-                rc = getattr(self.lib, fn)(*args)
+            parts = (out.data_ptr(), part_acc.data_ptr() if part_acc is not None else None,
+                     part_ml.data_ptr() if part_ml is not None else None)  # fmt: skip
+            # 801: no instance for this shape → v4 / v3 fall back to v2, v2 to v1
+            for fn in dict.fromkeys([f"rl_paged_attention_{version}", "rl_paged_attention_v2"]):
+                extra = (counters,) if fn.endswith("v4") else ()
+                rc = getattr(self.lib, fn)(*parts, *extra, *args)
                 if rc == 0:
                     return out
                 if rc != 801:
@@ -431,20 +447,37 @@ class CudaOps(DecoderOps):
         return out
 
     def logits(self, rows: paddle.Tensor, lm_head: paddle.Tensor) -> paddle.Tensor:
-        y = paddle.matmul(rows, lm_head, transpose_y=True)
-        dt = dtype_name(y)
+        """Logits [S, vocab] in the model's dtype, as the GEMM wrote them: the selection
+        kernels read that dtype directly (a float32 copy would add nothing: the values are
+        the same) and `logits_to_numpy` widens them for the host."""
+        return paddle.matmul(rows, lm_head, transpose_y=True)
+
+    def logits_to_numpy(self, logits: paddle.Tensor) -> np.ndarray:
+        dt = dtype_name(logits)
         if dt == "float32":
-            return y
-        out = self._empty(list(y.shape), "float32")
-        self._call("rl_cast_f32", out.data_ptr(), y.data_ptr(), int(np.prod(y.shape)), _CODE[dt],
-                   self.stream)  # fmt: skip
-        return out
+            return logits.numpy()
+        out = self._empty(list(logits.shape), "float32")
+        self._call("rl_cast_f32", out.data_ptr(), logits.data_ptr(), int(np.prod(logits.shape)),
+                   _CODE[dt], self.stream)  # fmt: skip
+        return out.numpy()
+
+    def _select_space(self, rows: int, vocab: int) -> tuple[paddle.Tensor | None, int | None, int]:
+        """(partials, counters, chunks a row) for the selection kernels: each row is split
+        over enough blocks to fill the GPU ~4 times (one block when rows alone do)."""
+        nchunk = max(1, min(64, -(-4 * self.num_sms // max(rows, 1)), vocab // 2048))
+        if nchunk == 1 or rows > SELECT_COUNTERS:
+            return None, None, 1
+        part = self._empty([rows * nchunk * self._select_part_bytes], "uint8")
+        return part, self.counters.data_ptr() + 4 * ATTN_COUNTERS, nchunk
 
     def argmax(self, logits: paddle.Tensor) -> paddle.Tensor:
         """int64 [rows] on the device (no sync: usable inside a CUDA graph capture)."""
         rows, vocab = int(logits.shape[0]), int(logits.shape[1])
         out = self._empty([rows], "int64")
-        self._call("rl_argmax", out.data_ptr(), logits.data_ptr(), rows, vocab, 0, self.stream)
+        part, counters, nchunk = self._select_space(rows, vocab)
+        self._call("rl_argmax", out.data_ptr(), logits.data_ptr(), rows, vocab,
+                   _CODE[dtype_name(logits)], part.data_ptr() if part is not None else None,
+                   counters, nchunk, self.stream)  # fmt: skip
         return out
 
     def greedy(self, logits: paddle.Tensor) -> list[int]:
@@ -453,13 +486,19 @@ class CudaOps(DecoderOps):
     def sample_rows(
         self, logits: paddle.Tensor, params_addr: int, info: paddle.Tensor | None = None
     ) -> paddle.Tensor:
-        """int64 [rows] drawn on the device (`sample_k`): float32 logits [rows, vocab],
-        parameters int64 [rows, 5] at device address `params_addr` (sampler.device_rows);
-        `info` int64 [rows, 4] gets each row's kept set (checks). No sync: graph-capturable."""
+        """int64 [rows] drawn on the device: logits [rows, vocab] (float32 or the model's
+        dtype), parameters int64 [rows, 5] at device address `params_addr`
+        (sampler.device_rows); `info` int64 [rows, 4] gets each row's kept set (checks).
+        Greedy and plain-temperature rows are drawn by `select_k` (each row split over
+        several blocks), rows with a top-k / top-p cut by `sample_k`. No sync:
+        graph-capturable."""
         rows, vocab = int(logits.shape[0]), int(logits.shape[1])
         out = self._empty([rows], "int64")
+        part, counters, nchunk = self._select_space(rows, vocab)
         self._call("rl_sample", out.data_ptr(), info.data_ptr() if info is not None else None,
-                   logits.data_ptr(), params_addr, rows, vocab, self.stream)  # fmt: skip
+                   logits.data_ptr(), params_addr, rows, vocab, _CODE[dtype_name(logits)],
+                   part.data_ptr() if part is not None else None, counters, nchunk,
+                   self.stream)  # fmt: skip
         return out
 
     def sample_ids(self, logits: paddle.Tensor, st: CudaStep) -> paddle.Tensor:

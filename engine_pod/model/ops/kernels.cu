@@ -489,6 +489,237 @@ __global__ void __launch_bounds__(128) paged_attention_v3_k(
   }
 }
 
+// ---------------------------------------------------------------- paged attention, tiled split-K (v4)
+// v2's grid (token t, kv head kh, split sp) of 128 threads, but the split's keys are taken in
+// tiles: each thread issues its share of the tile's K and V rows as 16-byte loads, all in
+// flight together (the next tile's while this one is computed), into shared memory as
+// float32; then scores (a thread a key, MAXG / 2 heads), online softmax (a warp a head) and
+// P.V (a thread 4 head-dim elements of a head) from shared memory. So a block keeps
+// 2 x TILE rows in flight instead of v2's dependent block-table -> row chains.
+// Splits are merged in the same launch when `counters` is given: every split writes its
+// partial (acc, m, l), and the last of a (t, kh)'s splits to finish (an atomic counter,
+// which it resets to 0 for the next launch or graph replay) merges them in split order, so
+// the result does not depend on which split finished last. counters NULL: attn_combine_k.
+template <typename T> struct Raw8 {  // 8 elements of T as raw 16-byte words
+  uint4 u[sizeof(T) / 2];
+};
+template <typename T> __device__ __forceinline__ Raw8<T> load_raw8(const T* p) {
+  Raw8<T> r;
+#pragma unroll
+  for (int i = 0; i < (int)(sizeof(T) / 2); ++i) r.u[i] = reinterpret_cast<const uint4*>(p)[i];
+  return r;
+}
+template <typename T> __device__ __forceinline__ void raw8_to_f(const Raw8<T>& r, float* o) {
+  if constexpr (sizeof(T) == 4) {
+    const float* f = reinterpret_cast<const float*>(r.u);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) o[i] = f[i];
+  } else {
+    const T* h = reinterpret_cast<const T*>(r.u);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) o[i] = to_f(h[i]);
+  }
+}
+
+template <typename T, int D, int MAXG>
+__global__ void __launch_bounds__(128) paged_attention_v4_k(
+    T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
+    unsigned* __restrict__ counters, const T* __restrict__ q, const T* __restrict__ kc,
+    const T* __restrict__ vc, const int64_t* __restrict__ block_tables, int bt_stride,
+    const int64_t* __restrict__ seq, const int64_t* __restrict__ pos, int hq, int hkv, int bs,
+    float scale, int keys_per_split) {
+  constexpr int TILE = D <= 64 ? 64 : 32;      // keys a tile
+  constexpr int CH = D / 8;                    // 8-element chunks a row
+  constexpr int LOADS = TILE * CH / 128;       // chunks of K (and of V) a thread loads a tile
+  constexpr int KP = D + 4;                    // padded K row: float4 reads by key hit no bank twice
+  constexpr int KG = 128 / TILE;               // score groups (a thread: key tid % TILE)
+  constexpr int GPT = MAXG / KG;               // heads a thread scores
+  constexpr int QPH = D / 4;                   // float4 quads of a head's output
+  constexpr int NQ = (MAXG * QPH + 127) / 128; // output quads a thread accumulates
+  static_assert(LOADS >= 1 && TILE * CH % 128 == 0, "head dim");
+  __shared__ __align__(16) float Ks[TILE * KP];
+  __shared__ __align__(16) float Vs[TILE * D];
+  __shared__ __align__(16) float Qs[MAXG * D];
+  __shared__ __align__(16) float P[MAXG][TILE];
+  __shared__ float s_m[MAXG], s_l[MAXG], s_alpha[MAXG];
+  __shared__ bool s_last;
+  const int t = blockIdx.x, kh = blockIdx.y, sp = blockIdx.z, nsplit = gridDim.z;
+  const int G = hq / hkv, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int L = (int)pos[t] + 1;
+  const int k_begin = sp * keys_per_split;
+  const int k_end = sp == nsplit - 1 ? L : min(L, k_begin + keys_per_split);
+  const int64_t* tab = block_tables + seq[t] * (int64_t)bt_stride;
+  const int64_t kv_stride = (int64_t)hkv * D;
+  const T* qt = q + ((int64_t)t * hq + (int64_t)kh * G) * D;
+  for (int i = tid; i < MAXG * D; i += 128) Qs[i] = i < G * D ? to_f(qt[i]) * scale : 0.f;
+  if (tid < MAXG) {
+    s_m[tid] = -INFINITY;
+    s_l[tid] = 0.f;
+  }
+  float4 acc[NQ];
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) acc[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+  Raw8<T> kr[LOADS], vr[LOADS];
+  auto issue = [&](int k0) {  // the loads of the tile at k0 (rows past k_end: zeros)
+#pragma unroll
+    for (int i = 0; i < LOADS; ++i) {
+      int c = tid + i * 128, k = k0 + c / CH;
+      if (k < k_end) {
+        int64_t off = (tab[k / bs] * bs + (k % bs)) * kv_stride + (int64_t)kh * D + (c % CH) * 8;
+        kr[i] = load_raw8(kc + off);
+        vr[i] = load_raw8(vc + off);
+      } else {
+#pragma unroll
+        for (int j = 0; j < (int)(sizeof(T) / 2); ++j) kr[i].u[j] = vr[i].u[j] = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  if (k_begin < k_end) issue(k_begin);
+  __syncthreads();
+  for (int k0 = k_begin; k0 < k_end; k0 += TILE) {
+    const int n = min(TILE, k_end - k0);
+#pragma unroll
+    for (int i = 0; i < LOADS; ++i) {
+      int c = tid + i * 128, row = c / CH, col = (c % CH) * 8;
+      float f[8];
+      raw8_to_f(kr[i], f);
+      *reinterpret_cast<float4*>(Ks + row * KP + col) = make_float4(f[0], f[1], f[2], f[3]);
+      *reinterpret_cast<float4*>(Ks + row * KP + col + 4) = make_float4(f[4], f[5], f[6], f[7]);
+      raw8_to_f(vr[i], f);
+      *reinterpret_cast<float4*>(Vs + row * D + col) = make_float4(f[0], f[1], f[2], f[3]);
+      *reinterpret_cast<float4*>(Vs + row * D + col + 4) = make_float4(f[4], f[5], f[6], f[7]);
+    }
+    __syncthreads();
+    if (k0 + TILE < k_end) issue(k0 + TILE);  // in flight while this tile is computed
+    {  // scores of key kj for heads kg, kg + KG, ...
+      const int kj = tid % TILE, kg = tid / TILE;
+      float s[GPT];
+#pragma unroll
+      for (int h = 0; h < GPT; ++h) s[h] = 0.f;
+      const float4* kp = reinterpret_cast<const float4*>(Ks + kj * KP);
+#pragma unroll 4
+      for (int e4 = 0; e4 < D / 4; ++e4) {
+        float4 kv = kp[e4];
+#pragma unroll
+        for (int h = 0; h < GPT; ++h) {
+          float4 qv = reinterpret_cast<const float4*>(Qs + (kg + h * KG) * D)[e4];
+          s[h] += qv.x * kv.x + qv.y * kv.y + qv.z * kv.z + qv.w * kv.w;
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < GPT; ++h) P[kg + h * KG][kj] = kj < n ? s[h] : -INFINITY;
+    }
+    __syncthreads();
+    for (int g = w; g < G; g += 4) {  // online softmax: a warp a head
+      float mx = -INFINITY;
+      for (int j = lane; j < TILE; j += 32) mx = fmaxf(mx, P[g][j]);
+      mx = warp_max(mx);
+      const float mold = s_m[g], mn = fmaxf(mold, mx);
+      float sum = 0.f;
+      for (int j = lane; j < TILE; j += 32) {
+        float x = P[g][j];
+        float p = x == -INFINITY ? 0.f : expf(x - mn);
+        P[g][j] = p;
+        sum += p;
+      }
+      sum = warp_sum(sum);
+      if (lane == 0) {
+        float a = mold == -INFINITY ? 0.f : expf(mold - mn);
+        s_alpha[g] = a;
+        s_l[g] = s_l[g] * a + sum;
+        s_m[g] = mn;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < NQ; ++i) {  // P.V: quad (head g, elements 4 e4 .. 4 e4 + 3)
+      const int qi = tid + i * 128, g = qi / QPH, e4 = qi % QPH;
+      if (g < G) {
+        const float a = s_alpha[g];
+        float4 A = make_float4(acc[i].x * a, acc[i].y * a, acc[i].z * a, acc[i].w * a);
+        const float4* pg = reinterpret_cast<const float4*>(P[g]);
+#pragma unroll 2
+        for (int j4 = 0; j4 < TILE / 4; ++j4) {
+          float4 p = pg[j4];
+          const float* vb = Vs + (j4 * 4) * D + e4 * 4;
+          float4 v0 = *reinterpret_cast<const float4*>(vb);
+          float4 v1 = *reinterpret_cast<const float4*>(vb + D);
+          float4 v2 = *reinterpret_cast<const float4*>(vb + 2 * D);
+          float4 v3 = *reinterpret_cast<const float4*>(vb + 3 * D);
+          A.x += p.x * v0.x + p.y * v1.x + p.z * v2.x + p.w * v3.x;
+          A.y += p.x * v0.y + p.y * v1.y + p.z * v2.y + p.w * v3.y;
+          A.z += p.x * v0.z + p.y * v1.z + p.z * v2.z + p.w * v3.z;
+          A.w += p.x * v0.w + p.y * v1.w + p.z * v2.w + p.w * v3.w;
+        }
+        acc[i] = A;
+      }
+    }
+    __syncthreads();  // the next tile overwrites Ks, Vs, P
+  }
+  const int64_t head0 = (int64_t)t * hq + (int64_t)kh * G;
+  if (nsplit == 1) {
+#pragma unroll
+    for (int i = 0; i < NQ; ++i) {
+      const int qi = tid + i * 128, g = qi / QPH, e4 = qi % QPH;
+      if (g < G) {
+        const float inv = 1.f / s_l[g];
+        T* o = out + (head0 + g) * D + e4 * 4;
+        o[0] = from_f<T>(acc[i].x * inv), o[1] = from_f<T>(acc[i].y * inv);
+        o[2] = from_f<T>(acc[i].z * inv), o[3] = from_f<T>(acc[i].w * inv);
+      }
+    }
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    const int qi = tid + i * 128, g = qi / QPH, e4 = qi % QPH;
+    if (g < G) *reinterpret_cast<float4*>(part_acc + ((head0 + g) * nsplit + sp) * D + e4 * 4) = acc[i];
+  }
+  if (tid < G) {
+    part_ml[((head0 + tid) * nsplit + sp) * 2] = s_m[tid];  // -inf for an empty split
+    part_ml[((head0 + tid) * nsplit + sp) * 2 + 1] = s_l[tid];
+  }
+  if (!counters) return;
+  __threadfence();  // this split's partial is visible before it is counted
+  __syncthreads();
+  unsigned* cnt = counters + (int64_t)t * hkv + kh;
+  if (tid == 0) s_last = atomicAdd(cnt, 1u) == (unsigned)(nsplit - 1);
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  // the last split merges every split: a warp a head, a lane a split's (m, l) (32 at a
+  // time), the lanes' head-dim elements summed over the splits in split order
+  constexpr int EPL = (D + 31) / 32;
+  for (int g = w; g < G; g += 4) {
+    const int64_t base = (head0 + g) * nsplit;
+    float M = -INFINITY;
+    for (int s = lane; s < nsplit; s += 32) M = fmaxf(M, __ldcg(part_ml + (base + s) * 2));
+    M = warp_max(M);
+    float Ls = 0.f, A[EPL];
+#pragma unroll
+    for (int k = 0; k < EPL; ++k) A[k] = 0.f;
+    for (int s0 = 0; s0 < nsplit; s0 += 32) {
+      const int s = s0 + lane, n = min(32, nsplit - s0);
+      const float ms = s < nsplit ? __ldcg(part_ml + (base + s) * 2) : -INFINITY;
+      const float f = ms == -INFINITY ? 0.f : expf(ms - M);
+      Ls += s < nsplit ? __ldcg(part_ml + (base + s) * 2 + 1) * f : 0.f;
+      const float* pa = part_acc + (base + s0) * D;
+#pragma unroll 8
+      for (int j = 0; j < n; ++j) {
+        const float fj = __shfl_sync(0xffffffffu, f, j);
+#pragma unroll
+        for (int k = 0; k < EPL; ++k)
+          if (lane + 32 * k < D) A[k] += __ldcg(pa + j * D + lane + 32 * k) * fj;
+      }
+    }
+    Ls = warp_sum(Ls);
+#pragma unroll
+    for (int k = 0; k < EPL; ++k)
+      if (lane + 32 * k < D) out[(head0 + g) * D + lane + 32 * k] = from_f<T>(A[k] / Ls);
+  }
+  if (tid == 0) *cnt = 0u;  // ready for the next launch
+}
+
 // merge the splits: out[t, h*d + e] = sum_s acc_s[e] e^(m_s - M) / sum_s l_s e^(m_s - M)
 template <typename T>
 __global__ void attn_combine_k(T* __restrict__ out, const float* __restrict__ part_acc,
@@ -586,6 +817,14 @@ __global__ void argmax_k(int64_t* __restrict__ out, const T* __restrict__ logits
 // info (optional) int64 [rows, 4]: cut key T, ties kept N at T, ties C at T, kept count
 // (kept = {key > T} + the N lowest-id logits of key T; T = 0: every finite logit; -1: argmax).
 #define SAMPLE_THREADS 1024
+// which kernel draws a row: select_k (greedy, plain temperature) or sample_k (a cut)
+#define SEL_GREEDY 0
+#define SEL_TEMP 1
+#define SEL_FULL 2
+__device__ __forceinline__ int select_mode(double temp, double top_p, int64_t top_k) {
+  if (temp <= 0.0 || top_k == 1) return SEL_GREEDY;
+  return top_k <= 0 && top_p >= 1.0 ? SEL_TEMP : SEL_FULL;
+}
 
 // order-preserving key of a logit: a < b <=> key(a) < key(b); 0 for inf / nan (never kept)
 __device__ __forceinline__ uint32_t logit_key(float v) {
@@ -658,20 +897,22 @@ struct RadixState {  // shared between the threads of a radix-select pass
   double rem_m;
 };
 
+template <typename T>
 __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
-    sample_k(int64_t* __restrict__ out, int64_t* __restrict__ info, const float* __restrict__ logits,
-             const int64_t* __restrict__ params, int vocab) {
+    sample_k(int64_t* __restrict__ out, int64_t* __restrict__ info, const T* __restrict__ logits,
+             const int64_t* __restrict__ params, int vocab, int skip_fast) {
   __shared__ RadixState rs;
   __shared__ float sh_f[33];
   __shared__ int sh_i[33];
   __shared__ double sh_d[33];
   __shared__ int s_ties[32];
   const int r = blockIdx.x, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-  const float* row = logits + (int64_t)r * vocab;
+  const T* row = logits + (int64_t)r * vocab;
   const int64_t* pr = params + (int64_t)r * 5;
   const double temp = __longlong_as_double(pr[0]), top_p = __longlong_as_double(pr[1]);
   const int64_t top_k = pr[2];
   const uint64_t seed = (uint64_t)pr[3], counter = (uint64_t)pr[4];
+  if (skip_fast && select_mode(temp, top_p, top_k) != SEL_FULL) return;  // select_k drew it
 
   // greedy rows, and rows without a finite logit (the CPU falls back to argmax there too)
   float mx = -INFINITY;
@@ -679,7 +920,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
   if (!(temp <= 0.0 || top_k == 1)) {
     #pragma unroll 8  // independent loads in flight (one row is latency-bound)
     for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
-      float v = row[i];
+      float v = to_f(row[i]);
       if (isfinite(v)) {
         mx = fmaxf(mx, v);
         ++nfin;
@@ -714,7 +955,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
       #pragma unroll 8  // independent loads in flight (one row is latency-bound)
       for (int i0 = w * 32; i0 < vocab; i0 += SAMPLE_THREADS) {  // warp-uniform trip count
         int i = i0 + lane;
-        uint32_t key = i < vocab ? logit_key(row[i]) : 0u;
+        uint32_t key = i < vocab ? logit_key(to_f(row[i])) : 0u;
         bool in = key && (key & mask) == prefix;
         uint32_t b = in ? (key >> shift) & 255 : 256u;
         // one atomic per distinct bucket in the warp (the first pass sees few buckets)
@@ -746,7 +987,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
   double z = 0.0;
   #pragma unroll 8  // independent loads in flight (one row is latency-bound)
   for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
-    float v = row[i];
+    float v = to_f(row[i]);
     if (logit_key(v) > thr) z += (double)expf((v - mx) * inv_t);
   }
   z = block_sum_all(z, sh_d);
@@ -768,7 +1009,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
       #pragma unroll 8  // independent loads in flight (one row is latency-bound)
       for (int i0 = w * 32; i0 < vocab; i0 += SAMPLE_THREADS) {  // warp-uniform trip count
         int i = i0 + lane;
-        float v = i < vocab ? row[i] : 0.f;
+        float v = i < vocab ? to_f(row[i]) : 0.f;
         uint32_t key = i < vocab ? logit_key(v) : 0u;
         double pv = 0.0;
         bool in = key > thr && (key & mask) == prefix;
@@ -834,7 +1075,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
   if (rank) {
     int c = 0;
     #pragma unroll 8  // independent loads in flight (one row is latency-bound)
-    for (int i = beg + lane; i < end; i += 32) c += logit_key(row[i]) == cut_k;
+    for (int i = beg + lane; i < end; i += 32) c += logit_key(to_f(row[i])) == cut_k;
     for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
     if (lane == 0) s_ties[w] = c;
     __syncthreads();
@@ -857,7 +1098,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
   #pragma unroll 8  // independent loads in flight (one row is latency-bound)
   for (int i0 = beg; i0 < end; i0 += 32) {
     int i = i0 + lane;
-    float v = i < end ? row[i] : 0.f;
+    float v = i < end ? to_f(row[i]) : 0.f;
     uint32_t key = i < end ? logit_key(v) : 0u;
     bool tie = cut_k != 0 && key == cut_k;
     unsigned bal = __ballot_sync(0xffffffffu, tie);
@@ -910,6 +1151,124 @@ __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
   }
 }
 
+// ---------------------------------------------------------------- token selection, rows split over blocks
+// The rows that need no cut, with each row split over gridDim.y blocks (a one-block row scan
+// is latency-bound: 30+ us for 151936 logits): greedy rows (temperature <= 0 or top_k == 1;
+// params NULL: every row) get the argmax (first index among equal maxima, NaN ignored);
+// plain temperature rows (no top-k, top_p >= 1) get the Gumbel-max draw over the finite
+// logits, argmax(logit / T + gumbel(seed, counter, id)) with the same noise as sample_k,
+// summed in double so that no logit / T overflows (no max to subtract first), or the argmax
+// when no logit is finite (as the CPU sampler). Every block writes its best of both kinds;
+// the last block of a row to finish (atomic counter, reset by it) merges them in chunk
+// order and writes out[r] (and info[r], as sample_k would). Rows with a cut are left to
+// sample_k. One block a row (gridDim.y 1) needs no counters.
+#define SEL_THREADS 256
+// gumbel() < 22.9 (its uniform is at least 2^-33): a logit with logit / T + 24 below the best
+// score so far cannot be drawn, so its noise is not computed
+#define SEL_GUMBEL_MAX 24.0
+struct SelBest {  // a chunk's best: argmax (a, ai), Gumbel-max (g, gi), finite logits
+  double g;
+  float a;
+  int ai, gi, nfin;
+};
+__device__ __forceinline__ void sel_take(float v, int i, bool temp, double inv_t, uint64_t h,
+                                         SelBest& b) {
+  if (v > b.a || (v == b.a && i < b.ai)) b.a = v, b.ai = i;
+  if (temp && isfinite(v)) {
+    ++b.nfin;
+    const double base = (double)v * inv_t;
+    if (base + SEL_GUMBEL_MAX < b.g) return;  // cannot win: skip the noise (exact)
+    double s = base + (double)gumbel(h, i);
+    if (s > b.g || (s == b.g && i < b.gi)) b.g = s, b.gi = i;
+  }
+}
+__device__ __forceinline__ void sel_merge(SelBest& b, const SelBest& o) {
+  if (o.a > b.a || (o.a == b.a && o.ai < b.ai)) b.a = o.a, b.ai = o.ai;
+  if (o.g > b.g || (o.g == b.g && o.gi < b.gi)) b.g = o.g, b.gi = o.gi;
+  b.nfin += o.nfin;
+}
+__device__ __forceinline__ SelBest sel_shfl(const SelBest& b, int o) {
+  SelBest r;
+  r.g = __shfl_xor_sync(0xffffffffu, b.g, o);
+  r.a = __shfl_xor_sync(0xffffffffu, b.a, o);
+  r.ai = __shfl_xor_sync(0xffffffffu, b.ai, o);
+  r.gi = __shfl_xor_sync(0xffffffffu, b.gi, o);
+  r.nfin = __shfl_xor_sync(0xffffffffu, b.nfin, o);
+  return r;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(SEL_THREADS) select_k(
+    int64_t* __restrict__ out, int64_t* __restrict__ info, SelBest* __restrict__ part,
+    unsigned* __restrict__ counters, const T* __restrict__ logits,
+    const int64_t* __restrict__ params, int vocab, int chunk) {
+  __shared__ SelBest sb[SEL_THREADS / 32];
+  __shared__ bool s_last;
+  const int r = blockIdx.x, c = blockIdx.y, nc = gridDim.y, tid = threadIdx.x;
+  int mode = SEL_GREEDY;
+  double inv_t = 0.0;
+  uint64_t h = 0;
+  if (params) {
+    const int64_t* pr = params + (int64_t)r * 5;
+    const double temp = __longlong_as_double(pr[0]);
+    mode = select_mode(temp, __longlong_as_double(pr[1]), pr[2]);
+    inv_t = 1.0 / fmax(temp, 1e-6);
+    h = mix64((uint64_t)pr[3] ^ mix64((uint64_t)pr[4]));
+  }
+  if (mode == SEL_FULL) return;
+  const bool temp = mode == SEL_TEMP;
+  const T* row = logits + (int64_t)r * vocab;
+  const int beg = c * chunk, end = min(vocab, beg + chunk);
+  SelBest b{-INFINITY, -INFINITY, 0x7fffffff, 0x7fffffff, 0};
+  if (vocab % 8 == 0 && chunk % 8 == 0) {  // 16-byte loads (rows and chunks 8-aligned)
+#pragma unroll 4
+    for (int i = beg + tid * 8; i < end; i += SEL_THREADS * 8) {
+      float f[8];
+      raw8_to_f(load_raw8(row + i), f);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) sel_take(f[j], i + j, temp, inv_t, h, b);
+    }
+  } else {
+#pragma unroll 8
+    for (int i = beg + tid; i < end; i += SEL_THREADS) sel_take(to_f(row[i]), i, temp, inv_t, h, b);
+  }
+  for (int o = 16; o > 0; o >>= 1) sel_merge(b, sel_shfl(b, o));
+  if ((tid & 31) == 0) sb[tid >> 5] = b;
+  __syncthreads();
+  if (tid == 0) {
+    for (int j = 1; j < SEL_THREADS / 32; ++j) sel_merge(b, sb[j]);
+    s_last = true;
+    if (nc > 1) {
+      part[(int64_t)r * nc + c] = b;
+      __threadfence();
+      s_last = atomicAdd(counters + r, 1u) == (unsigned)(nc - 1);
+      if (s_last) {
+        __threadfence();
+        b = SelBest{-INFINITY, -INFINITY, 0x7fffffff, 0x7fffffff, 0};
+        for (int j = 0; j < nc; ++j) {
+          const SelBest* pj = part + (int64_t)r * nc + j;
+          SelBest o;
+          o.g = __ldcg(&pj->g), o.a = __ldcg(&pj->a), o.ai = __ldcg(&pj->ai);
+          o.gi = __ldcg(&pj->gi), o.nfin = __ldcg(&pj->nfin);
+          sel_merge(b, o);
+        }
+        counters[r] = 0u;  // ready for the next launch
+      }
+    }
+    if (s_last) {
+      const bool drawn = temp && b.nfin > 0;
+      out[r] = drawn ? b.gi : (b.ai == 0x7fffffff ? 0 : b.ai);
+      if (info) {  // what sample_k reports: the kept set is every finite logit, or argmax
+        info[r * 4] = drawn ? 0 : -1;
+        info[r * 4 + 1] = info[r * 4 + 2] = 0;
+        info[r * 4 + 3] = drawn ? b.nfin : 1;
+      }
+    }
+  }
+}
+
+#include "gemm.cuh"  // skinny decode GEMMs (tensor cores), with their launchers
+
 // ================================================================ launchers
 static inline int grid_for(int64_t n, int threads) {
   int64_t g = (n + threads - 1) / threads;
@@ -930,7 +1289,7 @@ static inline int rows_threads(int h) {
 
 extern "C" {
 
-int rl_version() { return 4; }
+int rl_version() { return 5; }
 
 int rl_zero(void* p, int64_t nbytes, void* stream) {
   cudaMemsetAsync(p, 0, (size_t)nbytes, (cudaStream_t)stream);
@@ -1078,19 +1437,74 @@ int rl_paged_attention_v3(void* out, void* part_acc, void* part_ml, const void* 
   return (int)cudaGetLastError();
 }
 
-int rl_argmax(void* out, const void* logits, int rows, int vocab, int dtype, void* stream) {
-  if (rows == 0) return 0;
-  DISPATCH(dtype, argmax_k<T><<<rows, 1024, 0, (cudaStream_t)stream>>>(
-                      (int64_t*)out, (const T*)logits, vocab));
+// v4: the same contract as v2, plus `counters` (tokens * hkv zeroed uint32, or NULL: the
+// splits are then merged by attn_combine_k in a second launch); 801 unless d in {16, 32, 64,
+// 128} and hq / hkv <= 8.
+int rl_paged_attention_v4(void* out, void* part_acc, void* part_ml, void* counters,
+                          const void* q, const void* kc, const void* vc, const void* block_tables,
+                          int bt_stride, const void* seq, const void* pos, int tokens, int hq,
+                          int hkv, int d, int bs, float scale, int nsplit, int keys_per_split,
+                          int dtype, void* stream) {
+  if (tokens == 0) return 0;
+  int G = hq / hkv;
+  if (G > 8 || nsplit < 1 || !(d == 16 || d == 32 || d == 64 || d == 128))
+    return (int)cudaErrorNotSupported;
+  dim3 grid(tokens, hkv, nsplit);
+  cudaStream_t st = (cudaStream_t)stream;
+  unsigned* cnt = nsplit > 1 ? (unsigned*)counters : NULL;
+#define V4(DD)                                                                               \
+  if (d == DD)                                                                               \
+    paged_attention_v4_k<T, DD, 8><<<grid, 128, 0, st>>>(                                    \
+        (T*)out, (float*)part_acc, (float*)part_ml, cnt, (const T*)q, (const T*)kc,          \
+        (const T*)vc, (const int64_t*)block_tables, bt_stride, (const int64_t*)seq,          \
+        (const int64_t*)pos, hq, hkv, bs, scale, keys_per_split);
+  DISPATCH(dtype, {
+    V4(16) V4(32) V4(64) V4(128)
+    if (nsplit > 1 && !cnt)
+      attn_combine_k<T><<<dim3(tokens, hq), d < 32 ? 32 : (d > 128 ? 128 : d), 0, st>>>(
+          (T*)out, (const float*)part_acc, (const float*)part_ml, hq, d, nsplit);
+  });
+#undef V4
   return (int)cudaGetLastError();
 }
 
-// sampling: out int64 [rows]; params int64 [rows, 5]; info int64 [rows, 4] or NULL (see sample_k)
-int rl_sample(void* out, void* info, const void* logits, const void* params, int rows, int vocab,
-              void* stream) {
+// Token selection. select_k over `nchunk` blocks a row (counters: rows zeroed uint32, part:
+// rows * nchunk SelBest = 24 bytes each; both unused when nchunk is 1).
+static int launch_select(void* out, void* info, void* part, void* counters, const void* logits,
+                         const void* params, int rows, int vocab, int nchunk, int dtype,
+                         cudaStream_t st) {
+  if (nchunk < 1 || (nchunk > 1 && (!part || !counters))) return (int)cudaErrorInvalidValue;
+  int chunk = (vocab + nchunk - 1) / nchunk;
+  chunk = (chunk + 7) / 8 * 8;
+  dim3 grid(rows, nchunk);
+  DISPATCH(dtype, select_k<T><<<grid, SEL_THREADS, 0, st>>>(
+                      (int64_t*)out, (int64_t*)info, (SelBest*)part, (unsigned*)counters,
+                      (const T*)logits, (const int64_t*)params, vocab, chunk));
+  return (int)cudaGetLastError();
+}
+
+int rl_select_part_bytes() { return (int)sizeof(SelBest); }
+
+// out[r] = argmax(logits[r, :]) (first index among equal maxima)
+int rl_argmax(void* out, const void* logits, int rows, int vocab, int dtype, void* part,
+              void* counters, int nchunk, void* stream) {
   if (rows == 0) return 0;
-  sample_k<<<rows, SAMPLE_THREADS, 0, (cudaStream_t)stream>>>(
-      (int64_t*)out, (int64_t*)info, (const float*)logits, (const int64_t*)params, vocab);
+  return launch_select(out, NULL, part, counters, logits, NULL, rows, vocab, nchunk, dtype,
+                       (cudaStream_t)stream);
+}
+
+// sampling: out int64 [rows]; params int64 [rows, 5]; info int64 [rows, 4] or NULL (see
+// sample_k). Greedy and plain temperature rows: select_k (nchunk blocks a row); rows with a
+// top-k / top-p cut: sample_k (one block a row; it returns at once for the others).
+int rl_sample(void* out, void* info, const void* logits, const void* params, int rows, int vocab,
+              int dtype, void* part, void* counters, int nchunk, void* stream) {
+  if (rows == 0) return 0;
+  cudaStream_t st = (cudaStream_t)stream;
+  int rc = launch_select(out, info, part, counters, logits, params, rows, vocab, nchunk, dtype, st);
+  if (rc) return rc;
+  DISPATCH(dtype, sample_k<T><<<rows, SAMPLE_THREADS, 0, st>>>(
+                      (int64_t*)out, (int64_t*)info, (const T*)logits, (const int64_t*)params,
+                      vocab, 1));
   return (int)cudaGetLastError();
 }
 

@@ -1,0 +1,403 @@
+"""The CUDA kernels alone on the lent GPU, without Paddle: correctness and GPU time.
+
+    OUT=/tmp/out python bench/gpu/kernel_lab.py [--only attn,select,sample,gemm]
+
+One device call, no payload: the device image has nvcc and PyTorch but no Paddle, so this
+builds `engine_pod/model/ops/kernels.cu` with nvcc (ops/build.py's flags) and drives the
+library through ctypes on PyTorch tensors (PyTorch is only the allocator, the timer, the
+float64 reference and cuBLAS for the GEMM floor; the engine itself uses Paddle). It checks
+
+- paged attention v4 (and v2 / v3) against a float64 reference: bf16 and float32, head dims
+  16 / 32 / 64 / 128, prefill-like rows and decode rows, 1…16 splits, split merge in the
+  same launch (counters) and by the second kernel, and replays of a CUDA graph (the merge
+  counters must be back at 0 after each launch);
+- token selection (`rl_argmax`, `rl_sample`'s split-row path): argmax = torch's first
+  maximal index (ties, NaN, -inf rows, a vocab that is not a multiple of 8), temperature
+  draws against softmax(logits / T) (chi-square), top-k / top-p rows only from their set;
+
+and times each kernel as the GPU time of a CUDA graph of 20 launches (µs per launch): the
+attention versions at decode batch 1…128 with 512-token contexts (the engine's split
+rules), selection at 1…128 rows of 151936 logits, and cuBLAS bf16 GEMMs of the 0.5B
+shape's layer for scale. Writes $OUT/lab.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.join(HERE, "..", "..", "engine_pod", "model", "ops", "kernels.cu")
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+SIGS = {
+    "rl_paged_attention_v2": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
+    "rl_paged_attention_v3": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
+    "rl_paged_attention_v4": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
+    "rl_argmax": [_P, _P, _I, _I, _I, _P, _P, _I, _P],
+    "rl_sample": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _I, _P],
+    "rl_select_part_bytes": [],
+}
+CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+RESULTS: dict = {"device": torch.cuda.get_device_name(0), "checks": {}, "timing": {}}
+
+
+def build(out: str) -> ctypes.CDLL:
+    cmd = ["nvcc", "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-lineinfo",
+           "-gencode=arch=compute_90,code=sm_90", "-o", out, SRC]  # fmt: skip
+    t = time.time()
+    subprocess.run(cmd, check=True)
+    print(f"nvcc {time.time() - t:.1f} s", flush=True)
+    lib = ctypes.CDLL(out)
+    for name, args in SIGS.items():
+        getattr(lib, name).argtypes = args
+        getattr(lib, name).restype = _I
+    return lib
+
+
+def ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def stream() -> int:
+    return torch.cuda.current_stream().cuda_stream
+
+
+def check(name: str, ok: bool, detail: str = "") -> None:
+    RESULTS["checks"].setdefault(name, []).append({"ok": bool(ok), "detail": detail})
+    print(f"{'ok ' if ok else 'BAD'} {name} {detail}", flush=True)
+
+
+def graph_us(fn, launches: int = 20, replays: int = 10) -> float:
+    """GPU µs per call of `fn`, from a CUDA graph of `launches` calls replayed."""
+    fn()
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(s), torch.cuda.graph(g, stream=s):
+        for _ in range(launches):
+            fn()
+    torch.cuda.synchronize()
+    g.replay()
+    torch.cuda.synchronize()
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    for _ in range(replays):
+        g.replay()
+    e1.record()
+    torch.cuda.synchronize()
+    return e0.elapsed_time(e1) * 1000 / (launches * replays)
+
+
+# ---------------------------------------------------------------- attention
+class AttnCase:
+    """A paged KV cache and a step's rows: token t of sequence seq[t] at position pos[t]."""
+
+    def __init__(self, hq, hkv, d, dtype, positions, seqs, bs=16, stride=None, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.hq, self.hkv, self.d, self.dtype, self.bs = hq, hkv, d, dtype, bs
+        n_seq = int(max(seqs)) + 1
+        need = [0] * n_seq
+        for s, p in zip(seqs, positions, strict=True):
+            need[s] = max(need[s], p // bs + 1)
+        self.stride = stride or max(8, 1 << (max(need) - 1).bit_length())
+        nblocks = sum(need) + 1
+        perm = torch.randperm(nblocks, generator=g)
+        tables = torch.full((n_seq, self.stride), nblocks - 1, dtype=torch.int64)
+        k = 0
+        for s in range(n_seq):
+            tables[s, : need[s]] = perm[k : k + need[s]]
+            k += need[s]
+        shape = (nblocks, bs, hkv, d)
+        self.kc = torch.randn(shape, generator=g).to(dtype).cuda()
+        self.vc = torch.randn(shape, generator=g).to(dtype).cuda()
+        self.q = torch.randn((len(positions), hq, d), generator=g).to(dtype).cuda()
+        self.tables = tables.cuda()
+        self.seq = torch.tensor(seqs, dtype=torch.int64).cuda()
+        self.pos = torch.tensor(positions, dtype=torch.int64).cuda()
+        self.tokens = len(positions)
+
+    def reference(self) -> torch.Tensor:
+        G, bs, out = self.hq // self.hkv, self.bs, []
+        kc, vc = self.kc.double().cpu(), self.vc.double().cpu()
+        q, tab = self.q.double().cpu(), self.tables.cpu()
+        for t in range(self.tokens):
+            L = int(self.pos[t]) + 1
+            s = int(self.seq[t])
+            idx = torch.arange(L)
+            blocks = tab[s][idx // bs]
+            k = kc[blocks, idx % bs]  # [L, hkv, d]
+            v = vc[blocks, idx % bs]
+            k = k.repeat_interleave(G, dim=1)  # [L, hq, d]
+            v = v.repeat_interleave(G, dim=1)
+            sc = torch.einsum("hd,lhd->hl", q[t], k) / math.sqrt(self.d)
+            p = torch.softmax(sc, dim=-1)
+            out.append(torch.einsum("hl,lhd->hd", p, v))
+        return torch.stack(out).reshape(self.tokens, self.hq * self.d)
+
+    def run(self, lib, version: str, nsplit: int, kps: int, counters: torch.Tensor | None):
+        out = torch.empty((self.tokens, self.hq * self.d), dtype=self.dtype, device="cuda")
+        pa = torch.empty(self.tokens * self.hq * nsplit * self.d, device="cuda")
+        pm = torch.empty(self.tokens * self.hq * nsplit * 2, device="cuda")
+        scale = 1.0 / math.sqrt(self.d)
+        common = (ptr(self.q), ptr(self.kc), ptr(self.vc), ptr(self.tables), self.stride,
+                  ptr(self.seq), ptr(self.pos), self.tokens, self.hq, self.hkv, self.d, self.bs,
+                  scale, nsplit, kps, CODE[self.dtype])  # fmt: skip
+
+        def launch() -> None:  # on the current stream (a graph capture's, when capturing)
+            args = (*common, stream())
+            if version == "v4":
+                rc = lib.rl_paged_attention_v4(ptr(out), ptr(pa), ptr(pm), ptr(counters), *args)
+            else:
+                rc = getattr(lib, f"rl_paged_attention_{version}")(
+                    ptr(out), ptr(pa), ptr(pm), *args
+                )
+            if rc:
+                raise RuntimeError(f"attention {version}: CUDA error {rc}")
+
+        return out, launch
+
+
+def attn_checks(lib) -> None:
+    counters = torch.zeros(1 << 16, dtype=torch.int32, device="cuda")
+    rng = np.random.default_rng(0)
+    shapes = [(14, 2, 64, torch.bfloat16), (14, 2, 64, torch.float32), (4, 2, 16, torch.float32),
+              (8, 8, 32, torch.bfloat16), (16, 2, 128, torch.bfloat16), (4, 1, 16, torch.float16)]  # fmt: skip
+    for hq, hkv, d, dt in shapes:
+        # 6 decode rows of different lengths + a 20-token prefill chunk of one more sequence
+        dec = [int(x) for x in rng.integers(0, 700, 6)] + [0, 63, 64, 1023]
+        positions = dec + list(range(100, 120))
+        seqs = list(range(len(dec))) + [len(dec)] * 20
+        case = AttnCase(hq, hkv, d, dt, positions, seqs, seed=hq * d)
+        ref = case.reference()
+        tol = 2e-2 if dt != torch.float32 else 1e-4
+        for version, nsplit, kps, cnt in [("v4", 1, 64, None), ("v4", 3, 64, counters),
+                                          ("v4", 16, 64, counters), ("v4", 16, 64, None),
+                                          ("v4", 8, 128, counters), ("v2", 16, 64, None),
+                                          ("v3", 16, 64, None)]:  # fmt: skip
+            out, launch = case.run(lib, version, nsplit, kps, cnt)
+            try:
+                launch()
+            except RuntimeError as e:
+                check("attention", "801" in str(e) and version == "v3", f"{version} {e}")
+                continue
+            torch.cuda.synchronize()
+            err = (out.double().cpu() - ref).abs().max().item()
+            rel = err / ref.abs().max().item()
+            name = f"{version} hq{hq} hkv{hkv} d{d} {str(dt)[6:]} nsplit{nsplit} kps{kps}"
+            name += " counters" if cnt is not None else ""
+            check("attention", rel < tol, f"{name}: max rel err {rel:.2e}")
+        if int(counters.abs().sum()) != 0:
+            check("attention_counters_reset", False, f"{hq}/{hkv}/{d}: counters not 0")
+    # graph replays: the in-launch merge resets its counters, so replays repeat the result
+    case = AttnCase(14, 2, 64, torch.bfloat16, [511] * 64, list(range(64)), seed=7)
+    out, launch = case.run(lib, "v4", 16, 64, counters)
+    launch()
+    torch.cuda.synchronize()
+    first = out.clone()
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s), torch.cuda.graph(g, stream=s):
+        launch()
+    same = True
+    for _ in range(5):
+        out.zero_()
+        g.replay()
+        torch.cuda.synchronize()
+        same &= bool(torch.equal(out, first))
+    check("attention_graph_replays", same and int(counters.abs().sum()) == 0,
+          "5 replays = the eager launch, counters 0")  # fmt: skip
+
+
+def attn_timing(lib) -> None:
+    counters = torch.zeros(1 << 16, dtype=torch.int32, device="cuda")
+    rows = []
+    for B in (1, 8, 32, 64, 128):
+        case = AttnCase(14, 2, 64, torch.bfloat16, [512] * B, list(range(B)), seed=B)
+        cap = case.stride * case.bs
+        row = {"batch": B, "stride": case.stride}
+        for name, version, kps in [("v2", "v2", 64), ("v4_64", "v4", 64), ("v4_128", "v4", 128),
+                                   ("v4_256", "v4", 256), ("v4_512", "v4", 512)]:  # fmt: skip
+            nsplit = max(1, -(-cap // kps))
+            _, launch = case.run(lib, version, nsplit, kps, counters)
+            row[name] = round(graph_us(launch), 2)
+        kv_bytes = B * 513 * 2 * case.hkv * case.d * 2
+        row["kv_MB"] = round(kv_bytes / 1e6, 2)
+        rows.append(row)
+        print(row, flush=True)
+    RESULTS["timing"]["attention_us"] = rows
+
+
+# ---------------------------------------------------------------- selection / sampling
+def params_rows(n, temp=0.0, top_p=1.0, top_k=0, seed=1234, counters=None) -> torch.Tensor:
+    p = np.zeros((n, 5), dtype=np.int64)
+    p[:, 0] = np.float64(temp).view(np.int64)
+    p[:, 1] = np.float64(top_p).view(np.int64)
+    p[:, 2] = top_k
+    p[:, 3] = seed
+    p[:, 4] = np.arange(n) if counters is None else counters
+    return torch.from_numpy(p).cuda()
+
+
+def nchunk_for(rows: int, vocab: int, sms: int = 132) -> int:
+    return max(1, min(64, -(-4 * sms // rows), vocab // 2048))
+
+
+def select(lib, logits, params=None, nchunk=None, info=None):
+    rows, vocab = logits.shape
+    nchunk = nchunk or nchunk_for(rows, vocab)
+    out = torch.empty(rows, dtype=torch.int64, device="cuda")
+    part = torch.empty(rows * nchunk * lib.rl_select_part_bytes(), dtype=torch.uint8, device="cuda")
+    cnt = torch.zeros(rows, dtype=torch.int32, device="cuda")
+
+    def launch() -> None:
+        if params is None:
+            rc = lib.rl_argmax(ptr(out), ptr(logits), rows, vocab, CODE[logits.dtype], ptr(part),
+                               ptr(cnt), nchunk, stream())  # fmt: skip
+        else:
+            rc = lib.rl_sample(ptr(out), ptr(info), ptr(logits), ptr(params), rows, vocab,
+                               CODE[logits.dtype], ptr(part), ptr(cnt), nchunk, stream())  # fmt: skip
+        if rc:
+            raise RuntimeError(f"select: CUDA error {rc}")
+
+    return out, cnt, launch
+
+
+def select_checks(lib) -> None:
+    g = torch.Generator().manual_seed(1)
+    for dt, vocab, rows in [(torch.bfloat16, 151936, 64), (torch.float32, 151936, 3),
+                            (torch.float32, 1001, 7), (torch.bfloat16, 64, 5)]:  # fmt: skip
+        x = torch.randn((rows, vocab), generator=g)
+        x[0, 5] = x[0, 777 % vocab] = 100.0  # tie: the first index wins
+        if rows > 2:
+            x[1, :] = -math.inf
+            x[2, ::3] = math.nan
+        x = x.to(dt).cuda()
+        for nchunk in (None, 1, 7):
+            out, cnt, launch = select(lib, x, nchunk=nchunk)
+            launch()
+            torch.cuda.synchronize()
+            xf = x.float().cpu()
+            want = torch.where(torch.isnan(xf), torch.tensor(-math.inf), xf).argmax(-1)
+            ok = torch.equal(out.cpu(), want) and int(cnt.abs().sum()) == 0
+            check("argmax", ok, f"{str(dt)[6:]} V={vocab} rows={rows} nchunk={nchunk}")
+    # temperature rows: Gumbel-max draws follow softmax(logits / T)
+    for vocab, temp in [(12, 0.8), (1000, 1.0), (256, 0.5)]:
+        n = 40000
+        row = torch.randn(vocab, generator=g) * 2
+        x = row.repeat(n, 1).to(torch.bfloat16).cuda()
+        info = torch.empty((n, 4), dtype=torch.int64, device="cuda")
+        out, _, launch = select(lib, x, params_rows(n, temp=temp), info=info)
+        launch()
+        torch.cuda.synchronize()
+        p = torch.softmax(x[0].double().cpu() / temp, -1).numpy()
+        counts = np.bincount(out.cpu().numpy(), minlength=vocab)
+        mask = p * n >= 5
+        chi2 = float((((counts - n * p) ** 2) / (n * p))[mask].sum())
+        dof = int(mask.sum()) - 1
+        ok = chi2 < dof + 6 * math.sqrt(2 * dof) and bool((info[:, 3] == vocab).all())
+        check("temperature_draws", ok, f"V={vocab} T={temp}: chi2 {chi2:.1f} / {dof} dof")
+    # the same seed and counter: the same token, whatever the batch around it
+    x = torch.randn((64, 151936), generator=g).to(torch.bfloat16).cuda()
+    out1, _, l1 = select(lib, x, params_rows(64, temp=1.0))
+    l1()
+    out2, _, l2 = select(lib, x[10:11].contiguous(), params_rows(1, temp=1.0, counters=[10]))
+    l2()
+    torch.cuda.synchronize()
+    check("temperature_batch_invariant", int(out1[10]) == int(out2[0]), "row 10 alone = in batch")
+    # rows with a cut go to sample_k: tokens only from the top-k set
+    row = torch.randn(1000, generator=g)
+    x = row.repeat(2000, 1).to(torch.bfloat16).cuda()
+    out, _, launch = select(lib, x, params_rows(2000, temp=1.0, top_k=50))
+    launch()
+    torch.cuda.synchronize()
+    vals = x[0].float().cpu()
+    cut = float(torch.topk(vals, 50).values[-1])  # ties at the cut: kept by lowest id
+    drawn = sorted(set(out.cpu().tolist()))
+    ok = all(float(vals[i]) >= cut for i in drawn) and len(drawn) > 10
+    check("top_k_rows", ok, f"{len(drawn)} distinct tokens, none below the 50th largest logit")
+    mixed = params_rows(4, temp=0.0)
+    mixed[1:2] = params_rows(1, temp=1.0, top_p=0.5)
+    mixed[2:3] = params_rows(1, temp=0.7)
+    out, _, launch = select(lib, x[:4].contiguous(), mixed)
+    launch()
+    torch.cuda.synchronize()
+    am = int(x[0].float().argmax())
+    check("mixed_rows", int(out[0]) == am and int(out[3]) == am, "greedy rows = argmax")
+
+
+def select_timing(lib) -> None:
+    rows_out = []
+    g = torch.Generator().manual_seed(2)
+    for B in (1, 8, 64, 128):
+        x = torch.randn((B, 151936), generator=g).to(torch.bfloat16).cuda()
+        xf = x.float()
+        r = {"rows": B, "nchunk": nchunk_for(B, 151936)}
+        r["argmax_bf16"] = round(graph_us(select(lib, x)[2]), 2)
+        r["argmax_bf16_1block"] = round(graph_us(select(lib, x, nchunk=1)[2]), 2)
+        r["argmax_f32"] = round(graph_us(select(lib, xf)[2]), 2)
+        r["sample_greedy"] = round(graph_us(select(lib, x, params_rows(B))[2]), 2)
+        r["sample_temp"] = round(graph_us(select(lib, x, params_rows(B, temp=1.0))[2]), 2)
+        r["sample_top_p"] = round(
+            graph_us(select(lib, x, params_rows(B, temp=1.0, top_p=0.9))[2]), 2
+        )
+        rows_out.append(r)
+        print(r, flush=True)
+    RESULTS["timing"]["select_us"] = rows_out
+
+
+def gemm_timing() -> None:
+    h, inter, vocab, qkv = 896, 4864, 151936, 1152
+    rows = []
+    for B in (1, 64, 128):
+        x = torch.randn(B, h, device="cuda", dtype=torch.bfloat16)
+        xi = torch.randn(B, inter, device="cuda", dtype=torch.bfloat16)
+        r = {"batch": B}
+        for name, a, (n, k) in [("qkv", x, (qkv, h)), ("o", x, (h, h)), ("gate_up", x, (2 * inter, h)),
+                                ("down", xi, (h, inter)), ("lm_head", x, (vocab, h))]:  # fmt: skip
+            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+            r[name] = round(graph_us(lambda a=a, w=w: torch.matmul(a, w.t())), 2)
+        rows.append(r)
+        print(r, flush=True)
+    src = torch.empty(1 << 31, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    us = graph_us(lambda: dst.copy_(src), launches=5)
+    RESULTS["timing"]["copy_TBps"] = round(2 * src.numel() / us / 1e6, 3)
+    RESULTS["timing"]["gemm_us"] = rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="attn,select,gemm")
+    args = ap.parse_args()
+    out_dir = os.environ.get("OUT", "/tmp")
+    lib = build("/tmp/rl_lab.so")
+    parts = args.only.split(",")
+    for name, fn in [("attn", attn_checks), ("select", select_checks)]:
+        if name in parts:
+            fn(lib)
+    if "attn" in parts:
+        attn_timing(lib)
+    if "select" in parts:
+        select_timing(lib)
+    if "gemm" in parts:
+        gemm_timing()
+    bad = [n for n, cs in RESULTS["checks"].items() for c in cs if not c["ok"]]
+    RESULTS["all_ok"] = not bad
+    with open(os.path.join(out_dir, "lab.json"), "w") as f:
+        json.dump(RESULTS, f, indent=1)
+    print("ALL OK" if not bad else f"FAILED: {sorted(set(bad))}", flush=True)
+    sys.exit(0 if not bad else 1)
+
+
+if __name__ == "__main__":
+    main()
