@@ -540,7 +540,7 @@ __global__ void __launch_bounds__(128) paged_attention_v4_k(
   __shared__ __align__(16) float Ks[TILE * KP];
   __shared__ __align__(16) float Vs[TILE * D];
   __shared__ __align__(16) float Qs[MAXG * D];
-  __shared__ __align__(16) float P[MAXG][TILE];
+  __shared__ __align__(16) float P[MAXG][TILE + 4];  // padded: a warp's two heads, other banks
   __shared__ float s_m[MAXG], s_l[MAXG], s_alpha[MAXG];
   __shared__ bool s_last;
   const int t = blockIdx.x, kh = blockIdx.y, sp = blockIdx.z, nsplit = gridDim.z;
