@@ -63,8 +63,8 @@ struct Params {
 };
 
 __device__ __forceinline__ uint4 ld_stream(const bf16* p) {  // read once: skip L1
-  uint4 r;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+  uint4 r;  // volatile: issued where written (the prefetch), not sunk to the first use
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
       : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
       : "l"(p));
   return r;
@@ -124,6 +124,7 @@ __global__ void __launch_bounds__(THREADS, MT >= 16 ? 1 : 2) skinny_gemm_k(const
   const int region = max(MP * p.xs * 2, MP * PS * 4);
   float* ss_part = reinterpret_cast<float*>(smem + region);  // [MP] (NORM)
   float* rs_s = ss_part + MP;                                 // [MP] (NORM)
+  bf16* nws = reinterpret_cast<bf16*>(rs_s + MP);             // [xs] (NORM): norm_w slice
 
   const int S = gridDim.x, split = blockIdx.x, tile = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -165,28 +166,48 @@ __global__ void __launch_bounds__(THREADS, MT >= 16 ? 1 : 2) skinny_gemm_k(const
     const bf16* src = in ? p.x + (size_t)m * K + k0 + c8 * 8 : p.x;
     cp_async16(xs + m * p.xs + c8 * 8, src, in);
   }
+  if constexpr (NORM)
+    for (int v = tid; v < vpr; v += THREADS) cp_async16(nws + v * 8, p.norm_w + k0 + v * 8, true);
   cp_async_wait_all();
   __syncthreads();
 
   if constexpr (NORM) {
-    // v = x (+ delta, rounded); this block's part of sum(v^2) a row (a warp a row)
+    if (p.delta) {  // v = bf16(x + delta) in place (4 vectors a thread in flight)
+      const int total = M * vpr;
+      for (int v0 = tid; v0 < total; v0 += 4 * THREADS) {
+        uint4 d[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int v = v0 + r * THREADS, m = v / vpr, c8 = v - m * vpr;
+          if (v < total)
+            d[r] = __ldg(reinterpret_cast<const uint4*>(p.delta + (size_t)m * K + k0 + c8 * 8));
+        }
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int v = v0 + r * THREADS, m = v / vpr, c8 = v - m * vpr;
+          if (v < total) {
+            uint4* q = reinterpret_cast<uint4*>(xs + m * p.xs + c8 * 8);
+            float f[8], e8[8];
+            unpack8(*q, f);
+            unpack8(d[r], e8);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) f[e] = rnd<bf16>(f[e] + e8[e]);
+            const uint4 u = pack8(f);
+            *q = u;
+            if (p.x_out && tile == 0)
+              *reinterpret_cast<uint4*>(p.x_out + (size_t)m * K + k0 + c8 * 8) = u;
+          }
+        }
+      }
+      __syncthreads();
+    }
+    // this block's part of sum(v^2) a row (a warp a row, lane-strided, then a warp sum)
     for (int m = warp; m < M; m += THREADS / 32) {
-      bf16* row = xs + m * p.xs;
+      const bf16* row = xs + m * p.xs;
       float ss = 0.f;
       for (int c8 = lane; c8 < vpr; c8 += 32) {
-        uint4 u = *reinterpret_cast<const uint4*>(row + c8 * 8);
         float f[8];
-        unpack8(u, f);
-        if (p.delta) {
-          const size_t off = (size_t)m * K + k0 + c8 * 8;
-          float d[8];
-          unpack8(*reinterpret_cast<const uint4*>(p.delta + off), d);
-#pragma unroll
-          for (int e = 0; e < 8; ++e) f[e] = rnd<bf16>(f[e] + d[e]);
-          u = pack8(f);
-          *reinterpret_cast<uint4*>(row + c8 * 8) = u;
-          if (p.x_out && tile == 0) *reinterpret_cast<uint4*>(p.x_out + off) = u;
-        }
+        unpack8(*reinterpret_cast<const uint4*>(row + c8 * 8), f);
 #pragma unroll
         for (int e = 0; e < 8; ++e) ss += f[e] * f[e];
       }
@@ -215,7 +236,7 @@ __global__ void __launch_bounds__(THREADS, MT >= 16 ? 1 : 2) skinny_gemm_k(const
       uint4* q = reinterpret_cast<uint4*>(xs + m * p.xs + c8 * 8);
       float f[8], nwf[8];
       unpack8(*q, f);
-      unpack8(*reinterpret_cast<const uint4*>(p.norm_w + k0 + c8 * 8), nwf);
+      unpack8(*reinterpret_cast<const uint4*>(nws + c8 * 8), nwf);
       const float r = rs_s[m];
 #pragma unroll
       for (int e = 0; e < 8; ++e) f[e] = rnd<bf16>(rnd<bf16>(f[e] * r) * nwf[e]);
@@ -272,40 +293,62 @@ __global__ void __launch_bounds__(THREADS, MT >= 16 ? 1 : 2) skinny_gemm_k(const
   // ---- merge the cluster's partials in split order, epilogue, bf16 out
   constexpr int BNO = EPI == EPI_SILU ? BN / 2 : BN;  // output columns of the tile
   constexpr int QPR = BNO / 4;                         // 4-column groups a row
-  for (int u = split * THREADS + tid; u < M * QPR; u += S * THREADS) {
-    const int m = u / QPR, q = u - m * QPR;
-    float a[4] = {0.f, 0.f, 0.f, 0.f}, b[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int s = 0; s < S; ++s) {
-      const float* ps = part;
-      if (S > 1) ps = cooperative_groups::this_cluster().map_shared_rank(part, s);
-      const float4 v = *reinterpret_cast<const float4*>(ps + m * PS + 4 * q);
-      a[0] += v.x, a[1] += v.y, a[2] += v.z, a[3] += v.w;
-      if constexpr (EPI == EPI_SILU) {
-        const float4 v2 = *reinterpret_cast<const float4*>(ps + m * PS + BN / 2 + 4 * q);
-        b[0] += v2.x, b[1] += v2.y, b[2] += v2.z, b[3] += v2.w;
-      }
-    }
-    float o[4];
-    if constexpr (EPI == EPI_SILU) {
+  const float* ps[MAX_SPLIT];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float gg = rnd<bf16>(a[e]), uu = rnd<bf16>(b[e]);
-        o[e] = rnd<bf16>(gg / (1.f + expf(-gg))) * uu;
-      }
-    } else {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[e] = a[e];
-    }
-    const int col = tile * BNO + 4 * q;
-    uint2* dst = reinterpret_cast<uint2*>(p.out + (size_t)m * p.N + col);
+  for (int s = 0; s < MAX_SPLIT; ++s)
+    ps[s] = S > 1 && s < S ? cooperative_groups::this_cluster().map_shared_rank(part, s) : part;
+  constexpr int R = 4;  // output groups a thread has in flight
+  const int units = M * QPR, ustep = S * THREADS;
+  for (int u0 = split * THREADS + tid; u0 < units; u0 += R * ustep) {
+    uint2 rv[R];
     if constexpr (EPI == EPI_RES) {
-      const uint2 r = *dst;
-      o[0] = lo_f(r.x) + rnd<bf16>(o[0]);
-      o[1] = hi_f(r.x) + rnd<bf16>(o[1]);
-      o[2] = lo_f(r.y) + rnd<bf16>(o[2]);
-      o[3] = hi_f(r.y) + rnd<bf16>(o[3]);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const int u = u0 + r * ustep, m = u / QPR, q = u - m * QPR;
+        if (u < units) rv[r] = *reinterpret_cast<const uint2*>(p.out + (size_t)m * p.N + tile * BNO + 4 * q);
+      }
     }
-    *dst = make_uint2(pack2(o[0], o[1]), pack2(o[2], o[3]));
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int u = u0 + r * ustep, m = u / QPR, q = u - m * QPR;
+      if (u >= units) break;
+      float4 va[MAX_SPLIT], vb[MAX_SPLIT];
+#pragma unroll
+      for (int s = 0; s < MAX_SPLIT; ++s) {
+        if (s < S) {
+          va[s] = *reinterpret_cast<const float4*>(ps[s] + m * PS + 4 * q);
+          if constexpr (EPI == EPI_SILU)
+            vb[s] = *reinterpret_cast<const float4*>(ps[s] + m * PS + BN / 2 + 4 * q);
+        }
+      }
+      float a[4] = {0.f, 0.f, 0.f, 0.f}, b[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int s = 0; s < MAX_SPLIT; ++s) {  // in split order
+        if (s < S) {
+          a[0] += va[s].x, a[1] += va[s].y, a[2] += va[s].z, a[3] += va[s].w;
+          if constexpr (EPI == EPI_SILU) b[0] += vb[s].x, b[1] += vb[s].y, b[2] += vb[s].z, b[3] += vb[s].w;
+        }
+      }
+      float o[4];
+      if constexpr (EPI == EPI_SILU) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float gg = rnd<bf16>(a[e]), uu = rnd<bf16>(b[e]);
+          o[e] = rnd<bf16>(gg / (1.f + expf(-gg))) * uu;
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[e] = a[e];
+      }
+      if constexpr (EPI == EPI_RES) {
+        o[0] = lo_f(rv[r].x) + rnd<bf16>(o[0]);
+        o[1] = hi_f(rv[r].x) + rnd<bf16>(o[1]);
+        o[2] = lo_f(rv[r].y) + rnd<bf16>(o[2]);
+        o[3] = hi_f(rv[r].y) + rnd<bf16>(o[3]);
+      }
+      *reinterpret_cast<uint2*>(p.out + (size_t)m * p.N + tile * BNO + 4 * q) =
+          make_uint2(pack2(o[0], o[1]), pack2(o[2], o[3]));
+    }
   }
   if (S > 1) cooperative_groups::this_cluster().sync();  // partials stay until all have read
 }
@@ -317,7 +360,7 @@ inline size_t smem_bytes(int MT, int WN, int chunks, int S, bool norm) {
   const int maxch = (chunks + S - 1) / S;
   const size_t MP = 8 * MT, xs = (size_t)maxch * KCH + 32;
   size_t region = MP * xs * 2, ptile = MP * (16 * WN + 4) * 4;
-  return (region > ptile ? region : ptile) + (norm ? 2 * MP * 4 : 0);
+  return (region > ptile ? region : ptile) + (norm ? 2 * MP * 4 + xs * 2 : 0);
 }
 
 inline bool config_ok(int MT, int WN, int S, int N, int chunks, bool norm, bool silu) {
@@ -327,34 +370,39 @@ inline bool config_ok(int MT, int WN, int S, int N, int chunks, bool norm, bool 
   return smem_bytes(MT, WN, chunks, S, norm) <= (size_t)SMEM_MAX;
 }
 
-// Default tile / split choice (N = output columns).
+// Default tile / split choice (N = output columns), from the H200 sweep of bench/gpu/gemm_lab.py
+// on the Qwen2-0.5B shapes: wide weights (gate_up) want big column tiles and few splits, deep
+// ones (down) and small square ones at M > 16 the 8-way split; small square ones at M <= 16 one
+// split of 32-column tiles, up to M = 32 a 5-way split of 64-column tiles. The first valid candidate wins; else any valid configuration.
 inline void pick_config(int M, int N, int K, bool norm, bool silu, int* wn_out, int* s_out) {
   const int MT = mt_for(M), chunks = K / KCH, rows = silu ? 2 * N : N;
-  int best_wn = 0, best_s = 0;
-  double best = 1e30;
-  for (int WN = 2; WN <= 8; WN *= 2) {
-    for (int S = 1; S <= MAX_SPLIT; ++S) {
-      if (!config_ok(MT, WN, S, N, chunks, norm, silu)) continue;
-      const int BN = 16 * WN, tiles = rows / BN, blocks = tiles * S;
-      const size_t sm = smem_bytes(MT, WN, chunks, S, norm);
-      int per_sm = (int)((228 * 1024) / (sm + 1024));
-      const int reg_cap = MT >= 16 ? 1 : 2;
-      per_sm = per_sm < 1 ? 1 : (per_sm > reg_cap ? reg_cap : per_sm);
-      const double slots = 132.0 * per_sm;
-      const double rounds = (double)((blocks + (int)slots - 1) / (int)slots);
-      // bytes a block moves: its weights, its x tile (L2), its partial tile (shared, cluster)
-      const double kc = (double)((chunks + S - 1) / S) * KCH;
-      const double wbytes = (double)BN * kc * 2, xbytes = (double)M * kc * 2;
-      const double busy = blocks < slots ? 132.0 * ((double)blocks / slots) : 132.0;
-      const double stream_us = ((double)rows * K * 2 + xbytes * blocks) / (busy * 30e3);
-      const double block_us = (wbytes + xbytes) / 60e3 * (per_sm > 1 && blocks > 132 ? 2 : 1);
-      double est = (rounds > 1 ? rounds * block_us : stream_us > block_us ? stream_us : block_us);
-      est += 0.6 + 0.25 * (S > 1) + (double)M * BN * 4 * S / 2e5;  // launch, cluster, merge
-      if (est < best) best = est, best_wn = WN, best_s = S;
-    }
+  int cand[4][2];
+  int nc = 0;
+  auto add = [&](int wn, int s) { cand[nc][0] = wn, cand[nc][1] = s, ++nc; };
+  if (rows >= 4096) {
+    add(8, M <= 16 ? 1 : 3), add(4, M <= 16 ? 1 : 2), add(2, 1);
+  } else if (K >= 2048) {
+    add(4, 8), add(2, 8), add(2, 4);
+  } else if (M <= 8) {
+    add(2, 1), add(4, 4), add(2, 4);
+  } else if (M <= 32) {
+    add(4, 5), add(2, 4), add(4, 4);
+  } else {  // the norm prologue is redone by every column tile: fewer, wider tiles with it
+    if (norm) add(8, 8);
+    add(4, M <= 64 ? 7 : 8), add(4, 8), add(2, 4);
   }
-  *wn_out = best_wn;
-  *s_out = best_s;
+  for (int c = 0; c < nc; ++c)
+    if (config_ok(MT, cand[c][0], cand[c][1], N, chunks, norm, silu)) {
+      *wn_out = cand[c][0], *s_out = cand[c][1];
+      return;
+    }
+  *wn_out = *s_out = 0;
+  for (int WN = 8; WN >= 2; WN /= 2)
+    for (int S = 1; S <= MAX_SPLIT; ++S)
+      if (config_ok(MT, WN, S, N, chunks, norm, silu)) {
+        *wn_out = WN, *s_out = S;
+        return;
+      }
 }
 
 template <int MT, int WN, bool NORM, int EPI>
