@@ -7,7 +7,8 @@
 2. The Qwen2-0.5B-shaped random model (`make_random_model`, bf16 checkpoint, seed 0):
    first 32 tokens of 8 prompts, run in float32 on the GPU, must equal the float64
    oracle's tokens (bench/gpu/expected_05b.json, from bench/gpu/oracle.py). The bf16 run's
-   agreement is recorded too (information: bf16 rounding may flip near-ties).
+   agreement is recorded too (information: bf16 rounding may flip near-ties), and the bf16
+   run with the fused skinny GEMMs (decode steps) against one without them.
 
     python bench/gpu/greedy_check.py --out $OUT/greedy.json [--model-05b /tmp/qwen05b]
 """
@@ -91,9 +92,14 @@ def check_05b(device: str, model_dir: str) -> dict:
         make_05b(model_dir)
     out: dict = {"model": "Qwen2-0.5B shape, random bf16 weights, seed 0",
                  "make_model_s": round(time.time() - t0, 1), "runs": {}}  # fmt: skip
-    for dtype in ("float32", "bfloat16"):
+    # bf16 twice: decode steps (8 rows) on the fused skinny GEMMs (the default), then with
+    # them off (cuBLAS + separate kernels): the same roundings, so the same tokens expected
+    for dtype, fused in (("float32", True), ("bfloat16", True), ("bfloat16", False)):
         t0 = time.time()
         runner = PaddleModelRunner(model_dir, device=device, dtype=dtype)
+        if not fused:
+            runner.ops.fused_gemm_rows = 0
+            dtype += "_unfused"
         load_s = time.time() - t0
         t0 = time.time()
         got = run_paged(runner, exp["prompt_ids"], exp["n_new"], block_size=16)
@@ -107,6 +113,11 @@ def check_05b(device: str, model_dir: str) -> dict:
         del runner
         gc.collect()
     out["equal"] = out["runs"]["float32"]["equal"]
+    runs = out["runs"]
+    out["bf16_fused_vs_unfused"] = agreement(
+        runs["bfloat16"]["got"], runs["bfloat16_unfused"]["got"]
+    )
+    print(f"0.5B bf16 fused = unfused: {out['bf16_fused_vs_unfused']['equal']}", flush=True)
     return out
 
 

@@ -15,6 +15,7 @@ magnitude and the tolerance (relative to max(1, |ref|max)) for each (op, shape, 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import random
@@ -195,6 +196,10 @@ def check_shape(ck: Checker, hidden: int, heads: int, kv: int, d: int, inter: in
     # SiLU * mul
     _, gu_c, gu_g = pair(T, 2 * inter, scale=2.0)
     ck.record("silu_mul", case, dtype, back(gpu.silu_mul(gu_g)), C(cpu.silu_mul, gu_c).numpy())
+    # the fused skinny GEMMs (bf16, decode-sized steps): norm + qkv, norm + gate_up + SiLU,
+    # o / down + residual, against the CPU path's unfused ops
+    if dtype == "bfloat16" and not DRY:
+        check_fused(ck, case, pair, back, hidden, heads, kv, d, inter, eps)
     # logits (in the model's dtype on the device; widened for the host) and greedy argmax,
     # straight from those logits and from a float32 copy
     _, r_c, r_g = pair(S, hidden)
@@ -207,6 +212,37 @@ def check_shape(ck: Checker, hidden: int, heads: int, kv: int, d: int, inter: in
     got = gpu.greedy(ck.gpu_t(lg, "float32"))
     ck.record("greedy_argmax", case, "float32", np.asarray(got), np.argmax(lg, axis=-1))
     _ = (kc0, vc0, qkv)
+
+
+def check_fused(ck: Checker, case: str, pair, back, hidden: int, heads: int, kv: int, d: int,
+                inter: int, eps: float) -> None:  # fmt: skip
+    gpu, cpu, dtype = ck.gpu, ck.cpu, "bfloat16"
+    shapes = {"qkv": (1, (heads + 2 * kv) * d, hidden), "o": (2, hidden, heads * d),
+              "gate_up": (5, inter, hidden), "down": (2, hidden, inter)}  # fmt: skip
+    wn, sp = ctypes.c_int(), ctypes.c_int()
+    for m in (1, 7, 16):
+        ok = {n: bool(gpu.lib.rl_gemm_config(m, a, b, f, ctypes.byref(wn), ctypes.byref(sp)))
+              for n, (f, a, b) in shapes.items()}  # fmt: skip
+        x, x_c, x_g = pair(m, hidden, scale=3.0)
+        _, nw_c, nw_g = pair(hidden)
+        c = f"{case} M={m}"
+        if ok["qkv"]:
+            _, w_c, w_g = pair((heads + 2 * kv) * d, hidden, scale=hidden**-0.5)
+            want = C(cpu.linear, C(cpu.rms_norm, x_c, nw_c, eps), w_c).numpy()
+            ck.record("fused.norm_qkv", c, dtype, back(gpu.norm_linear(x_g, nw_g, w_g, eps)), want)
+        if ok["gate_up"]:
+            _, w_c, w_g = pair(2 * inter, hidden, scale=hidden**-0.5)
+            want = C(cpu.silu_mul, C(cpu.linear, C(cpu.rms_norm, x_c, nw_c, eps), w_c)).numpy()
+            got = back(gpu.norm_linear_silu(x_g, nw_g, w_g, eps))
+            ck.record("fused.norm_gate_up_silu", c, dtype, got, want)
+        for name, k in (("o", heads * d), ("down", inter)):
+            if ok[name]:
+                _, a_c, a_g = pair(m, k)
+                _, w_c, w_g = pair(hidden, k, scale=k**-0.5)
+                res_g = ck.gpu_t(x, dtype)
+                gpu.linear_residual(res_g, a_g, w_g)
+                want = x + C(cpu.linear, a_c, w_c).numpy()
+                ck.record(f"fused.{name}_residual", c, dtype, back(res_g), want)
 
 
 def check_argmax_ties(ck: Checker) -> None:

@@ -85,6 +85,16 @@ def profile(runner: PaddleModelRunner, b: int, ctx: int) -> dict:
         "lm_head_gemm": graph_us(lambda: ops.logits(h, w.lm_head)),
         "argmax": graph_us(lambda: ops.argmax(logits)),
     }
+    fused = {}
+    if ops.fused_layers(st, runner.dtype):  # the skinny GEMMs with norm / SiLU / residual
+        fused = {
+            "norm+qkv": graph_us(lambda: ops.norm_linear(x, lw.input_norm, lw.qkv, eps)),
+            "o+residual": graph_us(lambda: ops.linear_residual(x, attn, lw.o)),
+            "norm+gate_up+silu": graph_us(
+                lambda: ops.norm_linear_silu(x, lw.post_norm, lw.gate_up, eps)
+            ),
+            "down+residual": graph_us(lambda: ops.linear_residual(x, act, lw.down)),
+        }
     keep = ops.attn_version
     ops.attn_version = "v1"
     per_layer_v1 = graph_us(lambda: ops.attention(q, kc, vc, st))
@@ -99,7 +109,7 @@ def profile(runner: PaddleModelRunner, b: int, ctx: int) -> dict:
         lambda: ops.argmax(dec.forward_logits(w, runner.cache, plan, st)), reps=1, replays=20
     )
     return {"batch": b, "ctx": ctx, "per_layer_us": per_layer, "head_us": head,
-            "attention_v1_us": per_layer_v1, "layer_sum_us": round(layer_sum, 1),
+            "attention_v1_us": per_layer_v1, "fused_us": fused, "layer_sum_us": round(layer_sum, 1),
             "step_estimate_us": round(est, 1), "forward_graph_replay_us": full}  # fmt: skip
 
 
@@ -107,7 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="/tmp/qwen05b")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--batches", default="1,64,128")
+    ap.add_argument("--batches", default="1,16,64,128")
     ap.add_argument("--ctx", type=int, default=512)
     args = ap.parse_args()
     runner = PaddleModelRunner(args.model, device="gpu")

@@ -103,6 +103,29 @@ class DecoderOps(ABC):
         """int64 [S] token ids drawn on the device with each row's sampling parameters."""
         raise NotImplementedError(f"{self.name} ops do not sample on the device")
 
+    # ---- fused layer ops (optional): GEMMs with the norm / SiLU / residual around them in
+    # one kernel. `fused_layers` says whether a step uses them; the decoder then calls the
+    # three below instead of add_rms_norm / linear / silu_mul (same math and roundings).
+    def fused_layers(self, st: Any, dtype: str) -> bool:
+        """True: this step's layers (compute `dtype`) run on the three fused ops below."""
+        return False
+
+    def norm_linear(
+        self, x: paddle.Tensor, norm_w: paddle.Tensor, w: paddle.Tensor, eps: float
+    ) -> paddle.Tensor:
+        """rms_norm(x) * norm_w @ w^T: [T, out]."""
+        raise NotImplementedError(f"{self.name} ops do not fuse layers")
+
+    def norm_linear_silu(
+        self, x: paddle.Tensor, norm_w: paddle.Tensor, gate_up: paddle.Tensor, eps: float
+    ) -> paddle.Tensor:
+        """silu_mul(rms_norm(x) * norm_w @ gate_up^T): [T, I]."""
+        raise NotImplementedError(f"{self.name} ops do not fuse layers")
+
+    def linear_residual(self, x: paddle.Tensor, a: paddle.Tensor, w: paddle.Tensor) -> None:
+        """x += a @ w^T, in place (x is the residual stream)."""
+        raise NotImplementedError(f"{self.name} ops do not fuse layers")
+
     def greedy(self, logits: paddle.Tensor) -> list[int]:
         """argmax of each row (first index among ties)."""
         return [int(t) for t in np.argmax(self.logits_to_numpy(logits), axis=-1)]

@@ -48,6 +48,10 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rl_sample": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _I, _P],
     "rl_paged_attention_v3": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v4": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
+    "rl_gemm_config": [_I, _I, _I, _I, _P, _P],
+    "rl_gemm_norm": [_P, _P, _P, _P, _P, _F, _P, _I, _I, _I, _P, _P, _P],
+    "rl_gemm_norm_silu": [_P, _P, _P, _P, _P, _F, _P, _I, _I, _I, _P, _P, _P],
+    "rl_gemm_residual": [_P, _P, _P, _I, _I, _I, _P, _P, _P],
     "rl_paged_attention_v2": [
         _P,
         _P,
@@ -80,6 +84,11 @@ MIN_STRIDE = 8  # smallest block-table row of a step (blocks)
 # a (token, kv head), then token selection's chunks of a row
 ATTN_COUNTERS = 1 << 15
 SELECT_COUNTERS = 1 << 15
+# decode steps of at most this many rows run their layers on the fused skinny GEMMs
+# (gemm.cuh: norm / SiLU / residual inside tensor-core GEMMs; bf16 only); larger steps on
+# cuBLAS + separate kernels, which are faster there (bench/gpu/RESULTS.md). 0: never.
+FUSED_GEMM_ROWS = int(os.environ.get("RLFLEET_FUSED_GEMM_ROWS", "16"))
+_GEMM_NORM, _GEMM_RES, _GEMM_NORM_SILU = 1, 2, 5  # gemm.cuh flags: prologue / epilogue
 _GREEDY = SamplingParams(temperature=0.0)
 
 
@@ -191,6 +200,8 @@ class CudaOps(DecoderOps):
         except Exception:
             self.num_sms = 132
         self._select_part_bytes = int(self.lib.rl_select_part_bytes())
+        self.fused_gemm_rows = FUSED_GEMM_ROWS
+        self._fused_ok: dict[tuple[int, ...], bool] = {}
         self.counters = self.zeros([ATTN_COUNTERS + SELECT_COUNTERS], "int32")
         self.synchronize()
 
@@ -428,6 +439,55 @@ class CudaOps(DecoderOps):
         )  # fmt: skip
         return out
 
+    def fused_layers(self, st: CudaStep, dtype: str) -> bool:
+        """bf16 decode-sized steps (at most `fused_gemm_rows` rows) whose four layer GEMMs
+        the skinny kernels take; the rule depends on the row count only through the graph
+        buckets' boundaries, so a batch and its padded graph decide alike."""
+        cfg = st.cfg
+        if not 0 < st.n_tok <= self.fused_gemm_rows or dtype != "bfloat16" or cfg.o_bias:
+            return False
+        h, d, inter = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+        shapes = ((_GEMM_NORM, (cfg.num_heads + 2 * cfg.num_kv_heads) * d, h),
+                  (_GEMM_RES, h, cfg.num_heads * d), (_GEMM_NORM_SILU, inter, h),
+                  (_GEMM_RES, h, inter))  # fmt: skip
+        key = (st.n_tok, *[v for sh in shapes for v in sh])
+        if key not in self._fused_ok:
+            wn, sp = ctypes.c_int(), ctypes.c_int()
+            self._fused_ok[key] = all(
+                self.lib.rl_gemm_config(st.n_tok, n, k, f, ctypes.byref(wn), ctypes.byref(sp))
+                for f, n, k in shapes
+            )
+        return self._fused_ok[key]
+
+    def _gemm(self, name: str, *args: Any) -> None:
+        rc = getattr(self.lib, name)(*args, None, None, self.stream)
+        if rc != 0:
+            raise CudaError(
+                f"{name}: CUDA error {rc}" + (" (shape not taken)" if rc == 801 else "")
+            )
+
+    def norm_linear(
+        self, x: paddle.Tensor, norm_w: paddle.Tensor, w: paddle.Tensor, eps: float
+    ) -> paddle.Tensor:
+        n, k, out_n = int(x.shape[0]), int(x.shape[1]), int(w.shape[0])
+        out = self._empty([n, out_n], dtype_name(x))
+        self._gemm("rl_gemm_norm", out.data_ptr(), x.data_ptr(), None, None, norm_w.data_ptr(),
+                   eps, w.data_ptr(), n, out_n, k)  # fmt: skip
+        return out
+
+    def norm_linear_silu(
+        self, x: paddle.Tensor, norm_w: paddle.Tensor, gate_up: paddle.Tensor, eps: float
+    ) -> paddle.Tensor:
+        n, k, inter = int(x.shape[0]), int(x.shape[1]), int(gate_up.shape[0]) // 2
+        out = self._empty([n, inter], dtype_name(x))
+        self._gemm("rl_gemm_norm_silu", out.data_ptr(), x.data_ptr(), None, None,
+                   norm_w.data_ptr(), eps, gate_up.data_ptr(), n, inter, k)  # fmt: skip
+        return out
+
+    def linear_residual(self, x: paddle.Tensor, a: paddle.Tensor, w: paddle.Tensor) -> None:
+        n, k, out_n = int(a.shape[0]), int(a.shape[1]), int(w.shape[0])
+        self._gemm("rl_gemm_residual", x.data_ptr(), a.data_ptr(), w.data_ptr(), n, out_n, k)
+
     def silu_mul(self, gate_up: paddle.Tensor) -> paddle.Tensor:
         dt = dtype_name(gate_up)
         n, i2 = int(gate_up.shape[0]), int(gate_up.shape[1])
@@ -442,8 +502,9 @@ class CudaOps(DecoderOps):
         dt = dtype_name(x)
         h = int(x.shape[1])
         out = self._empty([st.n_sample, h], dt)
-        self._call("rl_rms_norm", out.data_ptr(), None, x.data_ptr(), delta.data_ptr(), st.rows,
-                   w.data_ptr(), st.n_sample, h, eps, _CODE[dt], self.stream)  # fmt: skip
+        self._call("rl_rms_norm", out.data_ptr(), None, x.data_ptr(),
+                   delta.data_ptr() if delta is not None else None, st.rows, w.data_ptr(),
+                   st.n_sample, h, eps, _CODE[dt], self.stream)  # fmt: skip
         return out
 
     def logits(self, rows: paddle.Tensor, lm_head: paddle.Tensor) -> paddle.Tensor:
