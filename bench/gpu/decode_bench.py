@@ -150,7 +150,7 @@ def copy_bandwidth(ops, nbytes: int = 2 << 30, reps: int = 10) -> float:
 
 
 def attention_us(bt: Batch, last: list[int], k: int, reps: int = 50) -> dict:
-    """Wall µs per paged-attention call (one layer, this batch's decode step), v1 … v4."""
+    """Wall µs per paged-attention call (one layer, this batch's decode step), v1 … v5."""
     r = bt.runner
     ops, cfg = r.ops, r.config
     plan = plan_step(bt.work(last, bt.ctx + k, k + 1), bt.bs, r.cache.num_blocks, cfg.vocab_size,
@@ -161,7 +161,7 @@ def attention_us(bt: Batch, last: list[int], k: int, reps: int = 50) -> dict:
     kc, vc = r.cache.k[0], r.cache.v[0]
     out = {}
     keep = ops.attn_version
-    for ver in ("v1", "v2", "v3", "v4"):
+    for ver in ("v1", "v2", "v3", "v4", "v5"):
         ops.attn_version = ver
         ops.attention(q, kc, vc, st)
         sync()

@@ -187,8 +187,21 @@ def check_shape(ck: Checker, hidden: int, heads: int, kv: int, d: int, inter: in
     _, qa_c, qa_g = pair(T, heads, d, scale=2.0)
     ref = C(cpu.attention, qa_c, kc_c, vc_c, st_c).numpy()
     keep = gpu.attn_version
-    for ver, ns in (("v1", None), ("v2", None), ("v2", 1), ("v2", 5), ("v3", None), ("v3", 1),
-                    ("v3", 5), ("v4", None), ("v4", 1), ("v4", 5)):  # fmt: skip
+    for ver, ns in (
+        ("v1", None),
+        ("v2", None),
+        ("v2", 1),
+        ("v2", 5),
+        ("v3", None),
+        ("v3", 1),
+        ("v3", 5),
+        ("v4", None),
+        ("v4", 1),
+        ("v4", 5),
+        ("v5", None),
+        ("v5", 1),
+        ("v5", 5),
+    ):  # fmt: skip  (v5: bf16 only, v4 for float32)
         gpu.attn_version, gpu.force_nsplit = ver, ns
         name = f"paged_attention.{ver}" + (f".split{ns}" if ns else "")
         ck.record(name, case, dtype, back(gpu.attention(qa_g, kc_g, vc_g, st_g)), ref)

@@ -42,6 +42,7 @@ SIGS = {
     "rl_paged_attention_v2": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v3": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v4": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
+    "rl_paged_attention_v5": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_argmax": [_P, _P, _I, _I, _I, _P, _P, _I, _P],
     "rl_sample": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _I, _P],
     "rl_select_part_bytes": [],
@@ -155,8 +156,9 @@ class AttnCase:
 
         def launch() -> None:  # on the current stream (a graph capture's, when capturing)
             args = (*common, stream())
-            if version == "v4":
-                rc = lib.rl_paged_attention_v4(ptr(out), ptr(pa), ptr(pm), ptr(counters), *args)
+            if version in ("v4", "v5"):
+                fn = getattr(lib, f"rl_paged_attention_{version}")
+                rc = fn(ptr(out), ptr(pa), ptr(pm), ptr(counters), *args)
             else:
                 rc = getattr(lib, f"rl_paged_attention_{version}")(
                     ptr(out), ptr(pa), ptr(pm), *args
@@ -183,12 +185,16 @@ def attn_checks(lib) -> None:
         for version, nsplit, kps, cnt in [("v4", 1, 64, None), ("v4", 3, 64, counters),
                                           ("v4", 16, 64, counters), ("v4", 16, 64, None),
                                           ("v4", 8, 128, counters), ("v2", 16, 64, None),
-                                          ("v3", 16, 64, None)]:  # fmt: skip
+                                          ("v3", 16, 64, None), ("v5", 1, 64, None),
+                                          ("v5", 3, 64, counters), ("v5", 16, 64, counters),
+                                          ("v5", 16, 64, None), ("v5", 4, 256, counters)]:  # fmt: skip
             out, launch = case.run(lib, version, nsplit, kps, cnt)
             try:
                 launch()
             except RuntimeError as e:
-                check("attention", "801" in str(e) and version == "v3", f"{version} {e}")
+                v5_skips = dt == torch.float32 or d not in (64, 128)  # v5: bf16 / fp16, d 64 / 128
+                check("attention", "801" in str(e) and (version == "v3" or (version == "v5" and v5_skips)),
+                      f"{version} d{d} {str(dt)[6:]}: {e}")  # fmt: skip
                 continue
             torch.cuda.synchronize()
             err = (out.double().cpu() - ref).abs().max().item()
@@ -200,22 +206,23 @@ def attn_checks(lib) -> None:
             check("attention_counters_reset", False, f"{hq}/{hkv}/{d}: counters not 0")
     # graph replays: the in-launch merge resets its counters, so replays repeat the result
     case = AttnCase(14, 2, 64, torch.bfloat16, [511] * 64, list(range(64)), seed=7)
-    out, launch = case.run(lib, "v4", 16, 64, counters)
-    launch()
-    torch.cuda.synchronize()
-    first = out.clone()
-    g = torch.cuda.CUDAGraph()
-    s = torch.cuda.Stream()
-    with torch.cuda.stream(s), torch.cuda.graph(g, stream=s):
+    for version in ("v4", "v5"):
+        out, launch = case.run(lib, version, 16, 64, counters)
         launch()
-    same = True
-    for _ in range(5):
-        out.zero_()
-        g.replay()
         torch.cuda.synchronize()
-        same &= bool(torch.equal(out, first))
-    check("attention_graph_replays", same and int(counters.abs().sum()) == 0,
-          "5 replays = the eager launch, counters 0")  # fmt: skip
+        first = out.clone()
+        g = torch.cuda.CUDAGraph()
+        s = torch.cuda.Stream()
+        with torch.cuda.stream(s), torch.cuda.graph(g, stream=s):
+            launch()
+        same = True
+        for _ in range(5):
+            out.zero_()
+            g.replay()
+            torch.cuda.synchronize()
+            same &= bool(torch.equal(out, first))
+        check("attention_graph_replays", same and int(counters.abs().sum()) == 0,
+              f"{version}: 5 replays = the eager launch, counters 0")  # fmt: skip
 
 
 def attn_timing(lib) -> None:
@@ -226,7 +233,8 @@ def attn_timing(lib) -> None:
         cap = case.stride * case.bs
         row = {"batch": B, "stride": case.stride}
         for name, version, kps in [("v2", "v2", 64), ("v4_64", "v4", 64), ("v4_128", "v4", 128),
-                                   ("v4_256", "v4", 256), ("v4_512", "v4", 512)]:  # fmt: skip
+                                   ("v4_256", "v4", 256), ("v5_64", "v5", 64), ("v5_128", "v5", 128),
+                                   ("v5_256", "v5", 256), ("v5_512", "v5", 512)]:  # fmt: skip
             nsplit = max(1, -(-cap // kps))
             _, launch = case.run(lib, version, nsplit, kps, counters)
             row[name] = round(graph_us(launch), 2)

@@ -48,6 +48,7 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rl_sample": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _I, _P],
     "rl_paged_attention_v3": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v4": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
+    "rl_paged_attention_v5": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_gemm_config": [_I, _I, _I, _I, _P, _P],
     "rl_gemm_norm": [_P, _P, _P, _P, _P, _F, _P, _I, _I, _I, _P, _P, _P],
     "rl_gemm_norm_silu": [_P, _P, _P, _P, _P, _F, _P, _I, _I, _I, _P, _P, _P],
@@ -100,12 +101,16 @@ def stride_bucket(need: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def v4_keys_per_split(tokens: int) -> int:
-    """Split length of attention v4 for a step of `tokens` rows: short splits (more blocks)
-    for small batches, long ones (fewer partials to merge) for large (H200, 512-token
+def keys_per_split(version: str, tokens: int) -> int:
+    """Split length of attention v4 / v5 for a step of `tokens` rows: short splits (more
+    blocks) for small batches, long ones (fewer partials to merge) for large (H200, 512-token
     contexts: bench/gpu/RESULTS.md). The thresholds are graph batch buckets, so a batch and
     the bucket it is padded to in a CUDA graph split alike."""
-    return 64 if tokens <= 32 else (128 if tokens <= 64 else 256)
+    if version == "v5":
+        return 128 if tokens <= 64 else 256
+    if version == "v4":
+        return 64 if tokens <= 32 else (128 if tokens <= 64 else 256)
+    return 64
 
 
 class CudaError(RuntimeError):
@@ -186,12 +191,13 @@ class CudaOps(DecoderOps):
         self._stream: int | None = None
         dev = paddle.device.get_device()  # "gpu:N" once paddle.set_device("gpu") ran
         self.device_id = int(dev.split(":")[1]) if dev.startswith("gpu:") else 0
-        # paged attention: "v4" (split-K over tiles of keys loaded all at once into shared
-        # memory, splits merged in the same launch; "auto", the default), "v2" (split-K, a
-        # warp a key), "v3" (split-K, several keys a warp) or "v1" (one block per token and
-        # kv head); force_nsplit pins the split count (tests)
+        # paged attention: "auto" (the default: v5 for bf16, else v4), "v5" (v4 on tensor
+        # cores: mma for Q K^T and P V), "v4" (split-K over tiles of keys loaded all at once
+        # into shared memory, splits merged in the same launch), "v2" (split-K, a warp a
+        # key), "v3" (split-K, several keys a warp) or "v1" (one block per token and kv
+        # head); force_nsplit pins the split count (tests)
         self.attn_version = os.environ.get("RLFLEET_ATTN", "auto")
-        # split length (0: v4_keys_per_split; fixed while graphs live)
+        # split length (0: `keys_per_split` by version and batch; fixed while graphs live)
         self.keys_per_split = ATTN_KEYS_PER_SPLIT
         self.force_nsplit: int | None = None
         try:
@@ -403,8 +409,10 @@ class CudaOps(DecoderOps):
             # partition (hence the rounding) is the same for any context length in the
             # buffers: eager steps and CUDA-graph replays give identical results.
             blocks = st.n_tok * hkv
-            version = "v4" if self.attn_version == "auto" else self.attn_version
-            kps = self.keys_per_split or (v4_keys_per_split(st.n_tok) if version == "v4" else 64)
+            version = self.attn_version
+            if version == "auto":  # tensor cores for bf16 (v5), else v4
+                version = "v5" if dt == "bfloat16" else "v4"
+            kps = self.keys_per_split or keys_per_split(version, st.n_tok)
             if self.force_nsplit:
                 nsplit = self.force_nsplit
                 kps = -(-st.max_ctx // nsplit)
@@ -424,9 +432,10 @@ class CudaOps(DecoderOps):
             )  # fmt: skip
             parts = (out.data_ptr(), part_acc.data_ptr() if part_acc is not None else None,
                      part_ml.data_ptr() if part_ml is not None else None)  # fmt: skip
-            # 801: no instance for this shape → v4 / v3 fall back to v2, v2 to v1
-            for fn in dict.fromkeys([f"rl_paged_attention_{version}", "rl_paged_attention_v2"]):
-                extra = (counters,) if fn.endswith("v4") else ()
+            # 801: no instance for this shape → v5 falls back to v4, v4 / v3 to v2, v2 to v1
+            chain = [version] + (["v4"] if version == "v5" else []) + ["v2"]
+            for fn in dict.fromkeys(f"rl_paged_attention_{v}" for v in chain):
+                extra = (counters,) if fn[-2:] in ("v4", "v5") else ()
                 rc = getattr(self.lib, fn)(*parts, *extra, *args)
                 if rc == 0:
                     return out

@@ -17,6 +17,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 typedef __nv_bfloat16 bf16;
 
 __device__ __forceinline__ float to_f(float x) { return x; }
@@ -521,6 +523,55 @@ template <typename T> __device__ __forceinline__ void raw8_to_f(const Raw8<T>& r
   }
 }
 
+// The in-launch merge of split-K attention: called by every split of a (token, kv head) after
+// it wrote its partial (acc [G, D] unnormalized, (m, l) natural-log max and sum) for split sp.
+// The last split to arrive (atomic counter `cnt`, which it resets to 0 for the next launch or
+// graph replay) merges all of them in split order, so the result does not depend on timing.
+template <typename T, int D>
+__device__ void merge_splits_last(T* __restrict__ out, const float* __restrict__ part_acc,
+                                  const float* __restrict__ part_ml, unsigned* cnt,
+                                  int64_t head0, int G, int nsplit) {
+  __shared__ bool s_last;
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  __threadfence();  // this split's partial is visible before it is counted
+  __syncthreads();
+  if (tid == 0) s_last = atomicAdd(cnt, 1u) == (unsigned)(nsplit - 1);
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  // the last split merges every split: a warp a head, a lane a split's (m, l) (32 at a
+  // time), the lanes' head-dim elements summed over the splits in split order
+  constexpr int EPL = (D + 31) / 32;
+  for (int g = w; g < G; g += (int)(blockDim.x >> 5)) {
+    const int64_t base = (head0 + g) * nsplit;
+    float M = -INFINITY;
+    for (int s = lane; s < nsplit; s += 32) M = fmaxf(M, __ldcg(part_ml + (base + s) * 2));
+    M = warp_max(M);
+    float Ls = 0.f, A[EPL];
+#pragma unroll
+    for (int k = 0; k < EPL; ++k) A[k] = 0.f;
+    for (int s0 = 0; s0 < nsplit; s0 += 32) {
+      const int s = s0 + lane, n = min(32, nsplit - s0);
+      const float ms = s < nsplit ? __ldcg(part_ml + (base + s) * 2) : -INFINITY;
+      const float f = ms == -INFINITY ? 0.f : expf(ms - M);
+      Ls += s < nsplit ? __ldcg(part_ml + (base + s) * 2 + 1) * f : 0.f;
+      const float* pa = part_acc + (base + s0) * D;
+#pragma unroll 8
+      for (int j = 0; j < n; ++j) {
+        const float fj = __shfl_sync(0xffffffffu, f, j);
+#pragma unroll
+        for (int k = 0; k < EPL; ++k)
+          if (lane + 32 * k < D) A[k] += __ldcg(pa + j * D + lane + 32 * k) * fj;
+      }
+    }
+    Ls = warp_sum(Ls);
+#pragma unroll
+    for (int k = 0; k < EPL; ++k)
+      if (lane + 32 * k < D) out[(head0 + g) * D + lane + 32 * k] = from_f<T>(A[k] / Ls);
+  }
+  if (tid == 0) *cnt = 0u;  // ready for the next launch
+}
+
 template <typename T, int D, int MAXG>
 __global__ void __launch_bounds__(128) paged_attention_v4_k(
     T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
@@ -542,7 +593,6 @@ __global__ void __launch_bounds__(128) paged_attention_v4_k(
   __shared__ __align__(16) float Qs[MAXG * D];
   __shared__ __align__(16) float P[MAXG][TILE + 4];  // padded: a warp's two heads, other banks
   __shared__ float s_m[MAXG], s_l[MAXG], s_alpha[MAXG];
-  __shared__ bool s_last;
   const int t = blockIdx.x, kh = blockIdx.y, sp = blockIdx.z, nsplit = gridDim.z;
   const int G = hq / hkv, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int L = (int)pos[t] + 1;
@@ -679,45 +729,227 @@ __global__ void __launch_bounds__(128) paged_attention_v4_k(
     part_ml[((head0 + tid) * nsplit + sp) * 2] = s_m[tid];  // -inf for an empty split
     part_ml[((head0 + tid) * nsplit + sp) * 2 + 1] = s_l[tid];
   }
-  if (!counters) return;
-  __threadfence();  // this split's partial is visible before it is counted
-  __syncthreads();
-  unsigned* cnt = counters + (int64_t)t * hkv + kh;
-  if (tid == 0) s_last = atomicAdd(cnt, 1u) == (unsigned)(nsplit - 1);
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  // the last split merges every split: a warp a head, a lane a split's (m, l) (32 at a
-  // time), the lanes' head-dim elements summed over the splits in split order
-  constexpr int EPL = (D + 31) / 32;
-  for (int g = w; g < G; g += 4) {
-    const int64_t base = (head0 + g) * nsplit;
-    float M = -INFINITY;
-    for (int s = lane; s < nsplit; s += 32) M = fmaxf(M, __ldcg(part_ml + (base + s) * 2));
-    M = warp_max(M);
-    float Ls = 0.f, A[EPL];
+  if (counters) merge_splits_last<T, D>(out, part_acc, part_ml, counters + (int64_t)t * hkv + kh,
+                                         head0, G, nsplit);
+}
+
+// ---------------------------------------------------------------- paged attention on tensor cores (v5)
+// v4's grid, split lengths and in-launch merge, for bf16 / fp16 caches, with the math on the
+// tensor cores: a tile of 64 keys comes into shared memory with cp.async (16-byte chunks;
+// rows past the split zero-filled) while the previous tile is computed; each of the 4 warps
+// takes 16 keys of the tile: S = Q K^T by mma.m16n8k16 (the G <= 16 query heads of the kv
+// head are the 16 rows; Q's fragments stay in registers), online softmax on the accumulators
+// (base-2 exponent), O += P V by mma, P packed to T straight from S's accumulators (their
+// layout is the A operand's). The warps' states merge through shared memory at the end.
+// P rounded to T is the one rounding v4 does not have (checked against float64: bf16 output
+// error stays at the output's own rounding).
+namespace attn5 {
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+  return (unsigned)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm4_t(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+// 16 bytes global -> shared, or 16 zero bytes when !full (src is then not read)
+__device__ __forceinline__ void cp16(void* dst, const void* src, bool full) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(full ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+template <typename T>
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (sizeof(T) == 2 && std::is_same<T, bf16>::value)
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <typename T> __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+  T a = from_f<T>(lo), b = from_f<T>(hi);
+  return (uint32_t)(*reinterpret_cast<uint16_t*>(&a)) |
+         ((uint32_t)(*reinterpret_cast<uint16_t*>(&b)) << 16);
+}
+template <int D> __host__ __device__ constexpr int smem_bytes() {  // Q [16] + K, V [2][64] rows of D + 8
+  return (16 + 4 * 64) * (D + 8) * 2;
+}
+}  // namespace attn5
+
+template <typename T, int D>
+__global__ void __launch_bounds__(128) paged_attention_v5_k(
+    T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
+    unsigned* __restrict__ counters, const T* __restrict__ q, const T* __restrict__ kc,
+    const T* __restrict__ vc, const int64_t* __restrict__ block_tables, int bt_stride,
+    const int64_t* __restrict__ seq, const int64_t* __restrict__ pos, int hq, int hkv, int bs,
+    float scale, int keys_per_split) {
+  using namespace attn5;
+  constexpr int TILE = 64, RS = D + 8;  // keys a tile; shared row stride (16-byte pad: no conflicts)
+  constexpr int CH = D / 8, LOADS = TILE * CH / 128, KST = D / 16, NT = D / 8;
+  static_assert(4 * 16 * D * 4 + 2 * 64 * 4 <= smem_bytes<D>(), "merge area");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);  // [16][RS]
+  T* Ks = Qs + 16 * RS;                    // [2][TILE][RS]
+  T* Vs = Ks + 2 * TILE * RS;              // [2][TILE][RS]
+  const int t = blockIdx.x, kh = blockIdx.y, sp = blockIdx.z, nsplit = gridDim.z;
+  const int G = hq / hkv, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int L = (int)pos[t] + 1;
+  const int k_begin = sp * keys_per_split;
+  const int k_end = sp == nsplit - 1 ? L : min(L, k_begin + keys_per_split);
+  const int64_t* tab = block_tables + seq[t] * (int64_t)bt_stride;
+  const int64_t kv_stride = (int64_t)hkv * D;
+  const int64_t head0 = (int64_t)t * hq + (int64_t)kh * G;
+  auto issue = [&](int k0, int stage) {  // the tile at k0 into stage (rows past k_end: zeros)
 #pragma unroll
-    for (int k = 0; k < EPL; ++k) A[k] = 0.f;
-    for (int s0 = 0; s0 < nsplit; s0 += 32) {
-      const int s = s0 + lane, n = min(32, nsplit - s0);
-      const float ms = s < nsplit ? __ldcg(part_ml + (base + s) * 2) : -INFINITY;
-      const float f = ms == -INFINITY ? 0.f : expf(ms - M);
-      Ls += s < nsplit ? __ldcg(part_ml + (base + s) * 2 + 1) * f : 0.f;
-      const float* pa = part_acc + (base + s0) * D;
-#pragma unroll 8
-      for (int j = 0; j < n; ++j) {
-        const float fj = __shfl_sync(0xffffffffu, f, j);
+    for (int i = 0; i < LOADS; ++i) {
+      const int c = tid + i * 128, row = c / CH, col = (c % CH) * 8, k = k0 + row;
+      const bool ok = k < k_end;
+      const int64_t off =
+          ok ? (tab[k / bs] * bs + (k % bs)) * kv_stride + (int64_t)kh * D + col : 0;
+      cp16(Ks + (stage * TILE + row) * RS + col, kc + off, ok);
+      cp16(Vs + (stage * TILE + row) * RS + col, vc + off, ok);
+    }
+    cp_commit();
+  };
+  const int ntiles = k_begin < k_end ? (k_end - k_begin + TILE - 1) / TILE : 0;
+  if (ntiles > 0) issue(k_begin, 0);
+  for (int c = tid; c < 16 * CH; c += 128) {  // Q rows = heads, zero past G
+    const int r = c / CH, col = (c % CH) * 8;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < G) v = *reinterpret_cast<const uint4*>(q + (head0 + r) * D + col);
+    *reinterpret_cast<uint4*>(Qs + r * RS + col) = v;
+  }
+  __syncthreads();
+  uint32_t qa[KST][4];
 #pragma unroll
-        for (int k = 0; k < EPL; ++k)
-          if (lane + 32 * k < D) A[k] += __ldcg(pa + j * D + lane + 32 * k) * fj;
+  for (int ks = 0; ks < KST; ++ks)
+    ldsm4(qa[ks], Qs + ((lane & 7) + ((lane >> 3) & 1) * 8) * RS + ks * 16 + (lane >> 4) * 8);
+  const float sl2 = scale * 1.4426950408889634f;  // scores in log2 units: exp2f below
+  const int r = lane >> 2, cq = lane & 3;         // accumulator rows r, r + 8; columns 2cq, 2cq + 1
+  float o[NT][4];
+#pragma unroll
+  for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  for (int it = 0; it < ntiles; ++it) {
+    const int stage = it & 1, kw = k_begin + it * TILE + w * 16;  // this warp's first key
+    if (it + 1 < ntiles) {
+      issue(k_begin + (it + 1) * TILE, stage ^ 1);
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
+    __syncthreads();  // the tile is in shared memory for every warp
+    const T* kt = Ks + (stage * TILE + w * 16) * RS;
+    float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+    for (int ks = 0; ks < KST; ++ks) {
+      uint32_t kb[4];
+      ldsm4(kb, kt + ((lane & 7) + (lane >> 4) * 8) * RS + ks * 16 + ((lane >> 3) & 1) * 8);
+      mma<T>(s[0], qa[ks], kb[0], kb[1]);
+      mma<T>(s[1], qa[ks], kb[2], kb[3]);
+    }
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const bool ok = kw + n * 8 + 2 * cq + j < k_end;
+        s[n][j] = ok ? s[n][j] * sl2 : -INFINITY;
+        s[n][2 + j] = ok ? s[n][2 + j] * sl2 : -INFINITY;
+        mx0 = fmaxf(mx0, s[n][j]);
+        mx1 = fmaxf(mx1, s[n][2 + j]);
       }
     }
-    Ls = warp_sum(Ls);
 #pragma unroll
-    for (int k = 0; k < EPL; ++k)
-      if (lane + 32 * k < D) out[(head0 + g) * D + lane + 32 * k] = from_f<T>(A[k] / Ls);
+    for (int x = 1; x <= 2; x <<= 1) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, x));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, x));
+    }
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    const float a0 = m0 == -INFINITY ? 0.f : exp2f(m0 - mn0);
+    const float a1 = m1 == -INFINITY ? 0.f : exp2f(m1 - mn1);
+    m0 = mn0, m1 = mn1;
+    l0 *= a0, l1 *= a1;
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        s[n][j] = s[n][j] == -INFINITY ? 0.f : exp2f(s[n][j] - mn0);
+        s[n][2 + j] = s[n][2 + j] == -INFINITY ? 0.f : exp2f(s[n][2 + j] - mn1);
+        l0 += s[n][j], l1 += s[n][2 + j];
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < NT; ++n) o[n][0] *= a0, o[n][1] *= a0, o[n][2] *= a1, o[n][3] *= a1;
+    const uint32_t pa[4] = {pack<T>(s[0][0], s[0][1]), pack<T>(s[0][2], s[0][3]),
+                            pack<T>(s[1][0], s[1][1]), pack<T>(s[1][2], s[1][3])};
+    const T* vt = Vs + (stage * TILE + w * 16) * RS;
+#pragma unroll
+    for (int d0 = 0; d0 < D; d0 += 16) {
+      uint32_t vb[4];
+      ldsm4_t(vb, vt + ((lane & 7) + ((lane >> 3) & 1) * 8) * RS + d0 + (lane >> 4) * 8);
+      mma<T>(o[d0 / 8], pa, vb[0], vb[1]);
+      mma<T>(o[d0 / 8 + 1], pa, vb[2], vb[3]);
+    }
+    __syncthreads();  // every warp is done with this stage before it is loaded again
   }
-  if (tid == 0) *cnt = 0u;  // ready for the next launch
+#pragma unroll
+  for (int x = 1; x <= 2; x <<= 1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, x);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, x);
+  }
+  // the 4 warps' (O, m, l) through shared memory (the tiles' space), merged per (head, element)
+  float* Ow = reinterpret_cast<float*>(smem_raw);  // [4][16][D]
+  float* Mw = Ow + 4 * 16 * D;                     // [4][16]
+  float* Lw = Mw + 64;                             // [4][16]
+  __syncthreads();
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    float* row0 = Ow + (w * 16 + r) * D + n * 8 + 2 * cq;
+    row0[0] = o[n][0], row0[1] = o[n][1];
+    row0[8 * D] = o[n][2], row0[8 * D + 1] = o[n][3];
+  }
+  if (cq == 0) {
+    Mw[w * 16 + r] = m0, Mw[w * 16 + r + 8] = m1;
+    Lw[w * 16 + r] = l0, Lw[w * 16 + r + 8] = l1;
+  }
+  __syncthreads();
+  for (int i = tid; i < G * D; i += 128) {
+    const int g = i / D, e = i % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) M = fmaxf(M, Mw[j * 16 + g]);
+    float Ls = 0.f, A = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float f = Mw[j * 16 + g] == -INFINITY ? 0.f : exp2f(Mw[j * 16 + g] - M);
+      Ls += Lw[j * 16 + g] * f;
+      A += Ow[(j * 16 + g) * D + e] * f;
+    }
+    if (nsplit == 1) {
+      out[(head0 + g) * D + e] = from_f<T>(A / Ls);
+    } else {
+      part_acc[((head0 + g) * nsplit + sp) * D + e] = A;
+      if (e == 0) {  // (m, l) in natural-log units, as the merge reads them; -inf: empty split
+        part_ml[((head0 + g) * nsplit + sp) * 2] = M * 0.6931471805599453f;
+        part_ml[((head0 + g) * nsplit + sp) * 2 + 1] = Ls;
+      }
+    }
+  }
+  if (nsplit > 1 && counters)
+    merge_splits_last<T, D>(out, part_acc, part_ml, counters + (int64_t)t * hkv + kh, head0, G,
+                            nsplit);
 }
 
 // merge the splits: out[t, h*d + e] = sum_s acc_s[e] e^(m_s - M) / sum_s l_s e^(m_s - M)
@@ -1465,6 +1697,43 @@ int rl_paged_attention_v4(void* out, void* part_acc, void* part_ml, void* counte
           (T*)out, (const float*)part_acc, (const float*)part_ml, hq, d, nsplit);
   });
 #undef V4
+  return (int)cudaGetLastError();
+}
+
+// v5: the same contract as v4; 801 unless the caches are bf16, d in {64, 128} and
+// hq / hkv <= 16 (then use v4). (The kernel has an fp16 instance too, not yet checked on a
+// device: not launched.)
+int rl_paged_attention_v5(void* out, void* part_acc, void* part_ml, void* counters,
+                          const void* q, const void* kc, const void* vc, const void* block_tables,
+                          int bt_stride, const void* seq, const void* pos, int tokens, int hq,
+                          int hkv, int d, int bs, float scale, int nsplit, int keys_per_split,
+                          int dtype, void* stream) {
+  if (tokens == 0) return 0;
+  if (hq / hkv > 16 || nsplit < 1 || !(d == 64 || d == 128) || dtype != 1)
+    return (int)cudaErrorNotSupported;
+  dim3 grid(tokens, hkv, nsplit);
+  cudaStream_t st = (cudaStream_t)stream;
+  unsigned* cnt = nsplit > 1 ? (unsigned*)counters : NULL;
+#define V5(TT, DD)                                                                             \
+  if (d == DD) {                                                                               \
+    constexpr int smem = attn5::smem_bytes<DD>();                                              \
+    static bool attr = false;                                                                  \
+    if (!attr) {                                                                               \
+      cudaError_t e = cudaFuncSetAttribute(paged_attention_v5_k<TT, DD>,                      \
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem); \
+      if (e != cudaSuccess) return (int)e;                                                     \
+      attr = true;                                                                             \
+    }                                                                                          \
+    paged_attention_v5_k<TT, DD><<<grid, 128, smem, st>>>(                                     \
+        (TT*)out, (float*)part_acc, (float*)part_ml, cnt, (const TT*)q, (const TT*)kc,         \
+        (const TT*)vc, (const int64_t*)block_tables, bt_stride, (const int64_t*)seq,           \
+        (const int64_t*)pos, hq, hkv, bs, scale, keys_per_split);                              \
+    if (nsplit > 1 && !cnt)                                                                    \
+      attn_combine_k<TT><<<dim3(tokens, hq), d, 0, st>>>((TT*)out, (const float*)part_acc,     \
+                                                       (const float*)part_ml, hq, d, nsplit);  \
+  }
+  V5(bf16, 64) V5(bf16, 128)
+#undef V5
   return (int)cudaGetLastError();
 }
 
