@@ -135,6 +135,37 @@ def graph_gpu_ms(runner: PaddleModelRunner, reps: int = 50) -> float:
     return (time.perf_counter() - t0) / reps * 1e3
 
 
+def host_breakdown(bt: Batch, last: list[int], pos: int, reps: int = 30) -> dict:
+    """Median µs of each host part of a graph step (the runner's own path, timed piece by
+    piece): packing the batch, the copy in, the replay call, waiting for the GPU, ids back."""
+    from engine_pod.model.cuda_graphs import pack_decode
+
+    r = bt.runner
+    graphs, cfg = r.graphs, r.config
+    batch = bt.work(last, pos, 1)
+    parts: dict[str, list[float]] = {
+        k: [] for k in ("pack", "copy_in", "replay", "gpu_wait", "ids_back")
+    }
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        buf, key = pack_decode(batch, r.cache.block_size, graphs.scratch, cfg.vocab_size,
+                               cfg.max_position_embeddings, graphs.buckets)  # fmt: skip
+        t1 = time.perf_counter()
+        g = graphs.graphs[key]
+        graphs.ops.refresh_stream()
+        graphs.ops.copy_to_device(g.meta, buf)
+        t2 = time.perf_counter()
+        g.graph.replay()
+        t3 = time.perf_counter()
+        sync()
+        t4 = time.perf_counter()
+        _ = g.ids.numpy()[: len(batch)].tolist()
+        t5 = time.perf_counter()
+        for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            parts[k].append(v)
+    return {f"host_{k}_us": round(statistics.median(v) * 1e6, 1) for k, v in parts.items()}
+
+
 def copy_bandwidth(ops, nbytes: int = 2 << 30, reps: int = 10) -> float:
     """Device-to-device copy bandwidth, bytes read + written per second."""
     a = paddle.empty([nbytes // 2], dtype="bfloat16")
@@ -247,6 +278,7 @@ def main() -> None:
                                graph_captures=graphs.captures - captures,
                                graph_gpu_ms=round(graph_gpu_ms(runner), 3),
                                graph_tokens_equal_eager=gtoks == toks and first_g == first)  # fmt: skip
+                    row.update(host_breakdown(bt, gtoks[-1], bt.ctx + n))
                     if args.sampling:
                         st, stoks = decode(bt, first_g, n, SAMPLED)
                         row.update(graph_sampled_step_ms=round(statistics.median(st[args.warm :]) * 1e3, 3),
