@@ -20,7 +20,7 @@ gate_up 9728x896, down 896x4864) at M in {1, 7, 16, 64, 128}:
   unsupported shapes answered 801;
 - every (wn, splits) configuration of the sweep against the reference;
 
-then times (GPU µs a launch, CUDA graphs of 20 launches) every variant at M = 1, 64, 128
+then times (GPU µs a launch, CUDA graphs of 20 launches) every variant at M = 1, 16, 32, 64, 128
 against cuBLAS (torch.matmul) and against cuBLAS plus the separate kernels it replaces, and
 sweeps (wn, splits) per shape and M. Writes $OUT/gemm_lab.json, prints a table, exits 1 if a
 check fails.
@@ -474,7 +474,7 @@ def cublas_chain(lib, case: Case, variant: str, M: int):
 def timing(lib) -> None:
     rows = []
     for name in SHAPES:
-        for M in (1, 64, 128):
+        for M in (1, 16, 32, 64, 128):
             case = Case(name, M, seed=1)
             wb = case.rows * case.K * 2
             r = {"shape": name, "M": M, "weight_MB": round(wb / 1e6, 2),
