@@ -197,6 +197,8 @@ class CudaOps(DecoderOps):
         # key), "v3" (split-K, several keys a warp) or "v1" (one block per token and kv
         # head); force_nsplit pins the split count (tests)
         self.attn_version = os.environ.get("RLFLEET_ATTN", "auto")
+        if self.attn_version not in ("auto", "v1", "v2", "v3", "v4", "v5"):
+            raise ValueError(f"RLFLEET_ATTN must be auto or v1 ... v5, got {self.attn_version!r}")
         # split length (0: `keys_per_split` by version and batch; fixed while graphs live)
         self.keys_per_split = ATTN_KEYS_PER_SPLIT
         self.force_nsplit: int | None = None
@@ -403,7 +405,7 @@ class CudaOps(DecoderOps):
         hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         out = self._empty([st.n_tok, hq * d], dt)
         scale = 1.0 / float(np.sqrt(d))
-        if self.attn_version in ("v2", "v3", "v4", "auto"):
+        if self.attn_version != "v1":
             # Split-K unless (tokens x kv heads) blocks fill the GPU several times. Splits are
             # fixed runs of ATTN_KEYS_PER_SPLIT keys over the block tables' capacity, so the
             # partition (hence the rounding) is the same for any context length in the
