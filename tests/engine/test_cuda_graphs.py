@@ -116,3 +116,19 @@ def test_cpu_runner_has_no_graphs_and_samples_on_the_host() -> None:
     r.allocate_kv_cache(16, 4)
     out2 = r.execute([SeqWork("a", [1, 2, 3], 0, [5], True, sp, 0)])
     assert out1 == out2  # seeded host sampling, as before
+
+
+def test_shape_rules_change_only_at_graph_buckets() -> None:
+    """A batch of n rows and the graph bucket it is padded to must pick the same attention
+    split length and the same GEMM path, or eager steps and graph replays would round
+    differently (the same request could get other tokens from a replay than eagerly)."""
+    from engine_pod.model.cuda_graphs import batch_buckets
+    from engine_pod.model.ops.cuda import FUSED_GEMM_ROWS, keys_per_split
+
+    buckets = batch_buckets(128)
+    for n in range(1, 129):
+        b = next(x for x in buckets if x >= n)
+        for version in ("v2", "v3", "v4", "v5"):
+            assert keys_per_split(version, n) == keys_per_split(version, b), (version, n, b)
+        assert (n <= FUSED_GEMM_ROWS) == (b <= FUSED_GEMM_ROWS), (n, b)
+    assert keys_per_split("v5", 1) < keys_per_split("v5", 128)  # longer splits for big batches

@@ -208,7 +208,10 @@ class CudaOps(DecoderOps):
         except Exception:
             self.num_sms = 132
         self._select_part_bytes = int(self.lib.rl_select_part_bytes())
-        self.fused_gemm_rows = FUSED_GEMM_ROWS
+        from engine_pod.model.cuda_graphs import BATCH_BUCKETS  # (it imports this module)
+
+        # rounded down to a graph bucket: a batch and its padded graph must decide alike
+        self.fused_gemm_rows = max([0] + [b for b in BATCH_BUCKETS if b <= FUSED_GEMM_ROWS])
         self._fused_ok: dict[tuple[int, ...], bool] = {}
         self.counters = self.zeros([ATTN_COUNTERS + SELECT_COUNTERS], "int32")
         self.synchronize()
