@@ -28,15 +28,12 @@ import ctypes
 import json
 import math
 import os
-import subprocess
 import sys
-import time
 
 import numpy as np
 import torch
+from lab_common import RESULTS, build, check, graph_us, ptr, stream
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.join(HERE, "..", "..", "engine_pod", "model", "ops", "kernels.cu")
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 SIGS = {
     "rl_paged_attention_v2": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
@@ -48,55 +45,6 @@ SIGS = {
     "rl_select_part_bytes": [],
 }
 CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-RESULTS: dict = {"device": torch.cuda.get_device_name(0), "checks": {}, "timing": {}}
-
-
-def build(out: str) -> ctypes.CDLL:
-    cmd = ["nvcc", "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-lineinfo",
-           "-gencode=arch=compute_90,code=sm_90", "-o", out, SRC]  # fmt: skip
-    t = time.time()
-    subprocess.run(cmd, check=True)
-    print(f"nvcc {time.time() - t:.1f} s", flush=True)
-    lib = ctypes.CDLL(out)
-    for name, args in SIGS.items():
-        getattr(lib, name).argtypes = args
-        getattr(lib, name).restype = _I
-    return lib
-
-
-def ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
-def stream() -> int:
-    return torch.cuda.current_stream().cuda_stream
-
-
-def check(name: str, ok: bool, detail: str = "") -> None:
-    RESULTS["checks"].setdefault(name, []).append({"ok": bool(ok), "detail": detail})
-    print(f"{'ok ' if ok else 'BAD'} {name} {detail}", flush=True)
-
-
-def graph_us(fn, launches: int = 20, replays: int = 10) -> float:
-    """GPU µs per call of `fn`, from a CUDA graph of `launches` calls replayed."""
-    fn()
-    torch.cuda.synchronize()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(s), torch.cuda.graph(g, stream=s):
-        for _ in range(launches):
-            fn()
-    torch.cuda.synchronize()
-    g.replay()
-    torch.cuda.synchronize()
-    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    e0.record()
-    for _ in range(replays):
-        g.replay()
-    e1.record()
-    torch.cuda.synchronize()
-    return e0.elapsed_time(e1) * 1000 / (launches * replays)
 
 
 # ---------------------------------------------------------------- attention
@@ -388,7 +336,7 @@ def main() -> None:
     ap.add_argument("--only", default="attn,select,gemm")
     args = ap.parse_args()
     out_dir = os.environ.get("OUT", "/tmp")
-    lib = build("/tmp/rl_lab.so")
+    lib = build("/tmp/rl_lab.so", SIGS)
     parts = args.only.split(",")
     for name, fn in [("attn", attn_checks), ("select", select_checks)]:
         if name in parts:

@@ -1511,6 +1511,15 @@ static inline int rows_threads(int h) {
   return t < 64 ? 64 : (t > 1024 ? 1024 : t);
 }
 
+// split-K attention's partials merged by a second launch (attn_combine_k), when the splits
+// did not merge in their own launch
+template <typename T>
+static void combine_splits(void* out, void* part_acc, void* part_ml, int tokens, int hq, int d,
+                           int nsplit, cudaStream_t st) {
+  attn_combine_k<T><<<dim3(tokens, hq), d < 32 ? 32 : (d > 128 ? 128 : d), 0, st>>>(
+      (T*)out, (const float*)part_acc, (const float*)part_ml, hq, d, nsplit);
+}
+
 #define DISPATCH(dtype, ...)                  \
   switch (dtype) {                            \
     case 0: { typedef float T; __VA_ARGS__; } break;  \
@@ -1632,9 +1641,7 @@ int rl_paged_attention_v2(void* out, void* part_acc, void* part_ml, const void* 
         hq, hkv, d, bs, scale, keys_per_split);
   DISPATCH(dtype, {
     V2(1, 8) V2(2, 8) V2(4, 8) V2(1, 16) V2(2, 16) V2(4, 16)
-    if (nsplit > 1)
-      attn_combine_k<T><<<dim3(tokens, hq), d < 32 ? 32 : (d > 128 ? 128 : d), 0, st>>>(
-          (T*)out, (const float*)part_acc, (const float*)part_ml, hq, d, nsplit);
+    if (nsplit > 1) combine_splits<T>(out, part_acc, part_ml, tokens, hq, d, nsplit, st);
   });
 #undef V2
   return (int)cudaGetLastError();
@@ -1661,9 +1668,7 @@ int rl_paged_attention_v3(void* out, void* part_acc, void* part_ml, const void* 
         hkv, bs, scale, keys_per_split);
   DISPATCH(dtype, {
     V3(2) V3(4) V3(8) V3(16)
-    if (nsplit > 1)
-      attn_combine_k<T><<<dim3(tokens, hq), d < 32 ? 32 : (d > 128 ? 128 : d), 0, st>>>(
-          (T*)out, (const float*)part_acc, (const float*)part_ml, hq, d, nsplit);
+    if (nsplit > 1) combine_splits<T>(out, part_acc, part_ml, tokens, hq, d, nsplit, st);
   });
 #undef V3
   return (int)cudaGetLastError();
@@ -1692,9 +1697,7 @@ int rl_paged_attention_v4(void* out, void* part_acc, void* part_ml, void* counte
         (const int64_t*)pos, hq, hkv, bs, scale, keys_per_split);
   DISPATCH(dtype, {
     V4(16) V4(32) V4(64) V4(128)
-    if (nsplit > 1 && !cnt)
-      attn_combine_k<T><<<dim3(tokens, hq), d < 32 ? 32 : (d > 128 ? 128 : d), 0, st>>>(
-          (T*)out, (const float*)part_acc, (const float*)part_ml, hq, d, nsplit);
+    if (nsplit > 1 && !cnt) combine_splits<T>(out, part_acc, part_ml, tokens, hq, d, nsplit, st);
   });
 #undef V4
   return (int)cudaGetLastError();
@@ -1729,8 +1732,7 @@ int rl_paged_attention_v5(void* out, void* part_acc, void* part_ml, void* counte
         (const TT*)vc, (const int64_t*)block_tables, bt_stride, (const int64_t*)seq,           \
         (const int64_t*)pos, hq, hkv, bs, scale, keys_per_split);                              \
     if (nsplit > 1 && !cnt)                                                                    \
-      attn_combine_k<TT><<<dim3(tokens, hq), d, 0, st>>>((TT*)out, (const float*)part_acc,     \
-                                                       (const float*)part_ml, hq, d, nsplit);  \
+      combine_splits<TT>(out, part_acc, part_ml, tokens, hq, d, nsplit, st);                   \
   }
   V5(bf16, 64) V5(bf16, 128)
 #undef V5
