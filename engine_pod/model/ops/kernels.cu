@@ -1024,18 +1024,13 @@ __device__ int block_argmax(const T* __restrict__ row, int vocab) {
   return res;
 }
 
-// out[r] = argmax(logits[r, :])
-template <typename T>
-__global__ void argmax_k(int64_t* __restrict__ out, const T* __restrict__ logits, int vocab) {
-  int b = block_argmax(logits + (int64_t)blockIdx.x * vocab, vocab);
-  if (threadIdx.x == 0) out[blockIdx.x] = b;
-}
-
 // ---------------------------------------------------------------- sampling (temperature, top-k, top-p, seed)
 // The CPU sampler's semantics (engine_pod/model/sampler.py), one block of SAMPLE_THREADS per
-// row of float32 logits. Per-row parameters, int64 [rows, 5]: temperature and top_p as float64
-// bits, top_k (<= 0: off), seed (uint64 bits), counter (tokens generated so far).
-//  - temperature <= 0 or top_k == 1: argmax (block_argmax).
+// row of logits (float32 or the model's dtype). Per-row parameters, int64 [rows, 5]:
+// temperature and top_p as float64 bits, top_k (<= 0: off), seed (uint64 bits), counter
+// (tokens generated so far). With skip_fast (as rl_sample launches it), the rows select_k
+// draws (greedy, plain temperature) return at once: it handles the rows with a cut.
+//  - temperature <= 0 or top_k == 1: argmax (block_argmax); so are rows with no finite logit.
 //  - kept set: the finite logits; top-k keeps exactly k of them (the k largest; among equal
 //    logits at the cut, the lowest ids); top-p then keeps the fewest largest probabilities
 //    (of softmax(logit / T) over the top-k set) whose sum reaches top_p, ties at the cut again
