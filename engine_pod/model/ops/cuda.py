@@ -473,20 +473,13 @@ class CudaOps(DecoderOps):
             )
         return self._fused_ok[key]
 
-    def _gemm(self, name: str, *args: Any) -> None:
-        rc = getattr(self.lib, name)(*args, None, None, self.stream)
-        if rc != 0:
-            raise CudaError(
-                f"{name}: CUDA error {rc}" + (" (shape not taken)" if rc == 801 else "")
-            )
-
     def norm_linear(
         self, x: paddle.Tensor, norm_w: paddle.Tensor, w: paddle.Tensor, eps: float
     ) -> paddle.Tensor:
         n, k, out_n = int(x.shape[0]), int(x.shape[1]), int(w.shape[0])
         out = self._empty([n, out_n], dtype_name(x))
-        self._gemm("rl_gemm_norm", out.data_ptr(), x.data_ptr(), None, None, norm_w.data_ptr(),
-                   eps, w.data_ptr(), n, out_n, k)  # fmt: skip
+        self._call("rl_gemm_norm", out.data_ptr(), x.data_ptr(), None, None, norm_w.data_ptr(),
+                   eps, w.data_ptr(), n, out_n, k, None, None, self.stream)  # fmt: skip
         return out
 
     def norm_linear_silu(
@@ -494,13 +487,15 @@ class CudaOps(DecoderOps):
     ) -> paddle.Tensor:
         n, k, inter = int(x.shape[0]), int(x.shape[1]), int(gate_up.shape[0]) // 2
         out = self._empty([n, inter], dtype_name(x))
-        self._gemm("rl_gemm_norm_silu", out.data_ptr(), x.data_ptr(), None, None,
-                   norm_w.data_ptr(), eps, gate_up.data_ptr(), n, inter, k)  # fmt: skip
+        self._call("rl_gemm_norm_silu", out.data_ptr(), x.data_ptr(), None, None,
+                   norm_w.data_ptr(), eps, gate_up.data_ptr(), n, inter, k, None, None,
+                   self.stream)  # fmt: skip
         return out
 
     def linear_residual(self, x: paddle.Tensor, a: paddle.Tensor, w: paddle.Tensor) -> None:
         n, k, out_n = int(a.shape[0]), int(a.shape[1]), int(w.shape[0])
-        self._gemm("rl_gemm_residual", x.data_ptr(), a.data_ptr(), w.data_ptr(), n, out_n, k)
+        self._call("rl_gemm_residual", x.data_ptr(), a.data_ptr(), w.data_ptr(), n, out_n, k,
+                   None, None, self.stream)  # fmt: skip
 
     def silu_mul(self, gate_up: paddle.Tensor) -> paddle.Tensor:
         dt = dtype_name(gate_up)
