@@ -53,7 +53,7 @@ for s in $STAGES; do
     pytest) run pytest 180 python3 -m pytest -q -p no:cacheprovider tests/engine/test_gpu_ops.py ;;
     bench_v1) RLFLEET_ATTN=v1 run bench_v1 150 python3 bench/gpu/decode_bench.py --out "$OUT/bench_v1.json" --graphs ;;
     sweep) mkdir -p /tmp/sweep  # decode bench per attention version : keys per split → sweep.json
-      for v in ${SWEEP:-"v2:64 v3:64 v2:32 v3:32 v2:16 v3:16"}; do
+      for v in ${SWEEP:-"v5:128 v5:256 v4:64 v4:128 v2:64"}; do
         RLFLEET_ATTN=${v%%:*} RLFLEET_ATTN_KPS=${v##*:} run "bench_${v/:/_}" 120 python3 \
           bench/gpu/decode_bench.py --graphs --sampling --out "/tmp/sweep/${v/:/_}.json"
       done
