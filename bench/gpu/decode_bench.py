@@ -104,8 +104,12 @@ class Batch:
         return [first[f"s{i}"] for i in range(self.b)], dt
 
     def work(self, last: list[int], pos: int, k: int, sp: SamplingParams = GREEDY) -> list[SeqWork]:
+        """The step's rows as the engine's scheduler hands them: each with a copy of its block
+        table, which covers exactly the positions written so far (blocks are allocated as
+        the sequence grows)."""
+        n = pos // self.bs + 1
         return [
-            SeqWork(f"s{i}", [last[i]], pos, self.tables[i], True, sp, k) for i in range(self.b)
+            SeqWork(f"s{i}", [last[i]], pos, self.tables[i][:n], True, sp, k) for i in range(self.b)
         ]
 
 

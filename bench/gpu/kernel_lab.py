@@ -1,6 +1,6 @@
 """The CUDA kernels alone on the lent GPU, without Paddle: correctness and GPU time.
 
-    OUT=/tmp/out python bench/gpu/kernel_lab.py [--only attn,select,sample,gemm]
+    OUT=/tmp/out python bench/gpu/kernel_lab.py [--only attn,select,gemm,layer,cold]
 
 One device call, no payload: the device image has nvcc and PyTorch but no Paddle, so this
 builds `engine_pod/model/ops/kernels.cu` with nvcc (ops/build.py's flags) and drives the
@@ -18,7 +18,10 @@ float64 reference and cuBLAS for the GEMM floor; the engine itself uses Paddle).
 and times each kernel as the GPU time of a CUDA graph of 20 launches (µs per launch): the
 attention versions at decode batch 1…128 with 512-token contexts (the engine's split
 rules), selection at 1…128 rows of 151936 logits, and cuBLAS bf16 GEMMs of the 0.5B
-shape's layer for scale. Writes $OUT/lab.json.
+shape's layer for scale. `layer`: 24 decoder layers as the engine's unfused path runs them,
+in one CUDA graph, with plain and programmatic dependent launches (outputs equal bit for
+bit), and the GEMMs / our kernels alone; `cold`: each layer GEMM with cold weights (cuBLAS
+and ops/gemm.cuh). Writes $OUT/lab.json.
 """
 
 from __future__ import annotations
@@ -39,7 +42,12 @@ SIGS = {
     "rl_paged_attention_v2": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v3": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v4": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
-    "rl_paged_attention_v5": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
+    "rl_paged_attention_v5": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _I, _P],
+    "rl_set_pdl": [_I],
+    "rl_gemm_ex": [_P, _P, _P, _P, _P, _P, _F, _I, _I, _I, _I, _I, _I, _P],
+    "rl_rms_norm": [_P, _P, _P, _P, _P, _P, _I, _I, _F, _I, _P],
+    "rl_silu_mul": [_P, _P, ctypes.c_int64, _I, _I, _P],
+    "rl_qkv_rope_cache": [_P] * 10 + [_I] * 6 + [_P],
     "rl_argmax": [_P, _P, _I, _I, _I, _P, _P, _I, _P],
     "rl_sample": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _I, _P],
     "rl_select_part_bytes": [],
@@ -93,7 +101,15 @@ class AttnCase:
             out.append(torch.einsum("hl,lhd->hd", p, v))
         return torch.stack(out).reshape(self.tokens, self.hq * self.d)
 
-    def run(self, lib, version: str, nsplit: int, kps: int, counters: torch.Tensor | None):
+    def run(
+        self,
+        lib,
+        version: str,
+        nsplit: int,
+        kps: int,
+        counters: torch.Tensor | None,
+        prefetch: int = 0,
+    ):
         out = torch.empty((self.tokens, self.hq * self.d), dtype=self.dtype, device="cuda")
         pa = torch.empty(self.tokens * self.hq * nsplit * self.d, device="cuda")
         pm = torch.empty(self.tokens * self.hq * nsplit * 2, device="cuda")
@@ -104,9 +120,11 @@ class AttnCase:
 
         def launch() -> None:  # on the current stream (a graph capture's, when capturing)
             args = (*common, stream())
-            if version in ("v4", "v5"):
-                fn = getattr(lib, f"rl_paged_attention_{version}")
-                rc = fn(ptr(out), ptr(pa), ptr(pm), ptr(counters), *args)
+            if version == "v5":
+                a = (*args[:-2], prefetch, *args[-2:])
+                rc = lib.rl_paged_attention_v5(ptr(out), ptr(pa), ptr(pm), ptr(counters), *a)
+            elif version == "v4":
+                rc = lib.rl_paged_attention_v4(ptr(out), ptr(pa), ptr(pm), ptr(counters), *args)
             else:
                 rc = getattr(lib, f"rl_paged_attention_{version}")(
                     ptr(out), ptr(pa), ptr(pm), *args
@@ -152,6 +170,18 @@ def attn_checks(lib) -> None:
             check("attention", rel < tol, f"{name}: max rel err {rel:.2e}")
         if int(counters.abs().sum()) != 0:
             check("attention_counters_reset", False, f"{hq}/{hkv}/{d}: counters not 0")
+    # decode-only rows, v5 loading its first tile before the wait (prefetch)
+    dec = [int(x) for x in rng.integers(0, 700, 12)] + [0, 63, 64, 65, 127, 128]
+    case = AttnCase(14, 2, 64, torch.bfloat16, dec, list(range(len(dec))), seed=11)
+    ref = case.reference()
+    for nsplit, kps in [(1, 64), (8, 128), (16, 64)]:
+        out, launch = case.run(lib, "v5", nsplit, kps, counters, prefetch=1)
+        launch()
+        torch.cuda.synchronize()
+        rel = ((out.double().cpu() - ref).abs().max() / ref.abs().max()).item()
+        check(
+            "attention", rel < 2e-2, f"v5 prefetch decode rows nsplit{nsplit} kps{kps}: {rel:.2e}"
+        )
     # graph replays: the in-launch merge resets its counters, so replays repeat the result
     case = AttnCase(14, 2, 64, torch.bfloat16, [511] * 64, list(range(64)), seed=7)
     for version in ("v4", "v5"):
@@ -191,6 +221,225 @@ def attn_timing(lib) -> None:
         rows.append(row)
         print(row, flush=True)
     RESULTS["timing"]["attention_us"] = rows
+
+
+# ---------------------------------------------------------------- a decoder's layers
+class LayerChain:
+    """`layers` decoder layers of the Qwen2-0.5B shape (bf16, distinct random weights) at decode
+    batch B with contexts of up to `ctx` tokens, as the engine's unfused path runs them:
+    add + RMSNorm, cuBLAS qkv, qkv bias + RoPE + KV write, attention v5 (in-launch merge),
+    cuBLAS o, add + RMSNorm, cuBLAS gate_up, SiLU * mul, cuBLAS down."""
+
+    h, inter, hq, hkv, d, bs, eps = 896, 4864, 14, 2, 64, 16, 1e-6
+
+    def __init__(self, lib, B: int, layers: int = 24, ctx: int = 512, seed: int = 0):
+        self.lib, self.B, self.layers = lib, B, layers
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        bf = torch.bfloat16
+
+        def rnd(*shape, scale=0.02):
+            return (torch.randn(shape, generator=g, device="cuda") * scale).to(bf)
+
+        h, inter, hq, hkv, d, bs = self.h, self.inter, self.hq, self.hkv, self.d, self.bs
+        nqkv = (hq + 2 * hkv) * d
+        self.w = [dict(n1=1 + rnd(h), qkv=rnd(nqkv, h), b=rnd(nqkv), o=rnd(h, hq * d),
+                       n2=1 + rnd(h), gu=rnd(2 * inter, h), dn=rnd(h, inter))
+                  for _ in range(layers)]  # fmt: skip
+        need = (ctx + 1 + bs - 1) // bs
+        self.stride = max(8, 1 << (need - 1).bit_length())
+        nblocks = B * need + 1
+        self.kc = [rnd(nblocks, bs, hkv, d, scale=1.0) for _ in range(layers)]
+        self.vc = [rnd(nblocks, bs, hkv, d, scale=1.0) for _ in range(layers)]
+        tab = torch.full((B, self.stride), nblocks - 1, dtype=torch.int64)
+        for i in range(B):
+            tab[i, :need] = torch.arange(i * need, (i + 1) * need)
+        self.tables = tab.cuda()
+        pos = ctx - (torch.arange(B, dtype=torch.int64) * 37) % 300  # rows end in any split
+        self.pos, self.seq = pos.cuda(), torch.arange(B, dtype=torch.int64).cuda()
+        self.slot_b = tab[torch.arange(B), pos // bs].cuda()
+        self.slot_o = (pos % bs).cuda()
+        inv = 1.0 / (1e6 ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+        ang = torch.arange(ctx + 8, dtype=torch.float64)[:, None] * inv[None, :]
+        ang = torch.cat([ang, ang], dim=1)
+        self.cos, self.sin = ang.cos().to(bf).cuda(), ang.sin().to(bf).cuda()
+        self.x0 = torch.empty(B, h, dtype=bf, device="cuda")  # the layers' input (embedding)
+        self.x = torch.empty_like(self.x0)
+        self.hbuf = torch.empty_like(self.x0)
+        self.qkv = torch.empty(B, nqkv, dtype=bf, device="cuda")
+        self.q = torch.empty(B, hq * d, dtype=bf, device="cuda")
+        self.attn = torch.empty(B, hq * d, dtype=bf, device="cuda")
+        self.o = torch.empty(B, h, dtype=bf, device="cuda")
+        self.gu = torch.empty(B, 2 * inter, dtype=bf, device="cuda")
+        self.act = torch.empty(B, inter, dtype=bf, device="cuda")
+        self.dn = torch.empty(B, h, dtype=bf, device="cuda")
+        self.kps = 128 if B <= 64 else 256  # ops/cuda.py keys_per_split("v5", B)
+        self.nsplit = self.stride * bs // self.kps
+        self.pa = torch.empty(B * hq * self.nsplit * d, device="cuda")
+        self.pm = torch.empty(B * hq * self.nsplit * 2, device="cuda")
+        self.counters = torch.zeros(1 << 16, dtype=torch.int32, device="cuda")
+        self.prefetch = 1
+        self.parts = {"gemm", "ours"}  # what run() launches: cuBLAS GEMMs, our kernels
+
+    def _rc(self, rc: int, name: str) -> None:
+        if rc:
+            raise RuntimeError(f"{name}: CUDA error {rc}")
+
+    def _mm(self, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+        if "gemm" in self.parts:
+            torch.matmul(a, w.t(), out=out)
+
+    def run(self) -> None:
+        lib, B, h, hq, hkv, d, bs = self.lib, self.B, self.h, self.hq, self.hkv, self.d, self.bs
+        ours = "ours" in self.parts
+        self.x.copy_(self.x0)
+        for li, w in enumerate(self.w):
+            if ours:
+                delta = ptr(self.dn) if li else None
+                self._rc(lib.rl_rms_norm(ptr(self.hbuf), ptr(self.x), ptr(self.x), delta, None,
+                                         ptr(w["n1"]), B, h, self.eps, 1, stream()), "norm")  # fmt: skip
+            self._mm(self.hbuf, w["qkv"], self.qkv)
+            if ours:
+                self._rc(lib.rl_qkv_rope_cache(ptr(self.q), ptr(self.qkv), ptr(w["b"]),
+                                               ptr(self.cos), ptr(self.sin), ptr(self.pos),
+                                               ptr(self.slot_b), ptr(self.slot_o), ptr(self.kc[li]),
+                                               ptr(self.vc[li]), B, hq, hkv, d, bs, 1, stream()),
+                         "rope")  # fmt: skip
+                self._rc(lib.rl_paged_attention_v5(
+                    ptr(self.attn), ptr(self.pa), ptr(self.pm), ptr(self.counters), ptr(self.q),
+                    ptr(self.kc[li]), ptr(self.vc[li]), ptr(self.tables), self.stride,
+                    ptr(self.seq), ptr(self.pos), B, hq, hkv, d, bs, 1.0 / math.sqrt(d),
+                    self.nsplit, self.kps, self.prefetch, 1, stream()), "attention")  # fmt: skip
+            self._mm(self.attn, w["o"], self.o)
+            if ours:
+                self._rc(lib.rl_rms_norm(ptr(self.hbuf), ptr(self.x), ptr(self.x), ptr(self.o),
+                                         None, ptr(w["n2"]), B, h, self.eps, 1, stream()), "norm2")  # fmt: skip
+            self._mm(self.hbuf, w["gu"], self.gu)
+            if ours:
+                self._rc(lib.rl_silu_mul(ptr(self.act), ptr(self.gu), B, self.inter, 1, stream()),
+                         "silu")  # fmt: skip
+            self._mm(self.act, w["dn"], self.dn)
+
+    def capture(self) -> torch.cuda.CUDAGraph:
+        self.run()
+        torch.cuda.synchronize()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(s), torch.cuda.graph(graph, stream=s):
+            self.run()
+        torch.cuda.synchronize()
+        return graph
+
+
+def replay_us(graph: torch.cuda.CUDAGraph, reps: int = 20) -> float:
+    """GPU µs of one replay of `graph` (back to back)."""
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    e0.record()
+    for _ in range(reps):
+        graph.replay()
+    e1.record()
+    torch.cuda.synchronize()
+    return e0.elapsed_time(e1) * 1000 / reps
+
+
+def _cold_gemm(lib, name: str, ws: list[torch.Tensor], M: int, plain: int) -> dict:
+    rows_n, k = ws[0].shape
+    x = torch.randn(M, k, device="cuda").to(torch.bfloat16)
+    out = torch.empty(M, rows_n, device="cuda", dtype=torch.bfloat16)
+    r: dict = {"shape": name, "M": M, "weight_MB": round(rows_n * k * 2 / 1e6, 2)}
+
+    def cublas() -> None:
+        for w in ws:
+            torch.matmul(x, w.t(), out=out)
+
+    def skinny(wn: int = 0, sp: int = 0) -> None:
+        for w in ws:
+            rc = lib.rl_gemm_ex(ptr(out), ptr(x), ptr(w), None, None, None, 1e-6, M, rows_n, k,
+                                plain, wn, sp, stream())  # fmt: skip
+            if rc:
+                raise RuntimeError(f"rl_gemm_ex {name} M={M} wn={wn} s={sp}: {rc}")
+
+    r["cublas"] = round(graph_us(cublas, launches=1) / len(ws), 2)
+    torch.backends.cuda.preferred_blas_library("cublaslt")  # cuBLASLt's heuristic choice
+    try:
+        r["cublaslt"] = round(graph_us(cublas, launches=1) / len(ws), 2)
+    finally:
+        torch.backends.cuda.preferred_blas_library("cublas")
+    r["skinny_auto"] = round(graph_us(skinny, launches=1) / len(ws), 2)
+    if M == 64:
+        best = (1e9, "")
+        for wn in (2, 4, 8):
+            for sp in (1, 2, 3, 4, 6, 8):
+                try:
+                    us = graph_us(lambda wn=wn, sp=sp: skinny(wn, sp), launches=1) / len(ws)
+                except RuntimeError:
+                    continue
+                best = min(best, (us, f"wn{wn} s{sp}"))
+        r["skinny_best"], r["skinny_best_cfg"] = round(best[0], 2), best[1]
+    r["floor_us"] = round(rows_n * k * 2 / 4.8e6, 2)
+    return r
+
+
+def cold_gemm_timing(lib) -> None:
+    """GPU µs of each layer GEMM with its weights cold (24 distinct copies cycled in the graph,
+    as the 24 layers read them; the one-weight timings above hit the 60 MB L2): cuBLAS and
+    ops/gemm.cuh's skinny kernels (plain product), at their automatic configuration and, at
+    M = 64, the best of a (wn, splits) sweep."""
+    from gemm_lab import FLAGS, SHAPES
+
+    rows = []
+    for name, (n, k) in SHAPES.items():
+        rows_n = 2 * n if name == "gate_up" else n
+        ws = [torch.randn(rows_n, k, device="cuda").to(torch.bfloat16) * 0.02 for _ in range(24)]
+        for M in (1, 16, 32, 64):
+            r = _cold_gemm(lib, name, ws, M, FLAGS["plain"])
+            rows.append(r)
+            print(r, flush=True)
+    RESULTS["timing"]["cold_gemm_us"] = rows
+
+
+def layer_lab(lib) -> None:
+    """The layer chain in a CUDA graph with plain launches, programmatic dependent launches
+    (PDL) and PDL + v5's early first tile: GPU µs a layer, and the outputs (fresh inputs each
+    replay, so a key read before the kernel that writes it would show) equal bit for bit; and
+    the chain's cuBLAS GEMMs alone and our kernels alone."""
+    rows = []
+    for B in (1, 8, 64, 128):
+        chain = LayerChain(lib, B)
+        g = torch.Generator(device="cuda").manual_seed(B)
+        inputs = [torch.randn(B, chain.h, generator=g, device="cuda").to(torch.bfloat16)
+                  for _ in range(4)]  # fmt: skip
+        row, outs = {"batch": B}, {}
+        modes = [("plain", 0, 0), ("pdl", 1, 0), ("pdl_prefetch", 1, 1)]
+        for mode, pdl, pre in modes:
+            lib.rl_set_pdl(pdl)
+            chain.prefetch = pre
+            graph = chain.capture()
+            res = []
+            for x in inputs:
+                chain.x0.copy_(x)
+                graph.replay()
+                res.append(torch.cat([chain.dn.clone(), chain.x.clone()]))
+            torch.cuda.synchronize()
+            outs[mode] = res
+            row[f"{mode}_us_per_layer"] = round(replay_us(graph) / chain.layers, 2)
+            del graph
+        lib.rl_set_pdl(1)
+        for name, parts in (("gemms_only", {"gemm"}), ("ours_only", {"ours"})):
+            chain.parts = parts
+            graph = chain.capture()
+            row[f"{name}_us_per_layer"] = round(replay_us(graph) / chain.layers, 2)
+            del graph
+        chain.parts = {"gemm", "ours"}
+        for mode, *_ in modes[1:]:
+            same = all(torch.equal(a, b) for a, b in zip(outs["plain"], outs[mode], strict=True))
+            check("layer_chain_pdl", same, f"B={B} {mode}: outputs = plain launches' bit for bit")
+        rows.append(row)
+        print(row, flush=True)
+        del chain
+        torch.cuda.empty_cache()
+    RESULTS["timing"]["layer_us"] = rows
 
 
 # ---------------------------------------------------------------- selection / sampling
@@ -347,6 +596,10 @@ def main() -> None:
         select_timing(lib)
     if "gemm" in parts:
         gemm_timing()
+    if "layer" in parts:
+        layer_lab(lib)
+    if "cold" in parts:
+        cold_gemm_timing(lib)
     bad = [n for n, cs in RESULTS["checks"].items() for c in cs if not c["ok"]]
     RESULTS["all_ok"] = not bad
     with open(os.path.join(out_dir, "lab.json"), "w") as f:

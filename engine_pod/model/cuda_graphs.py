@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -78,52 +79,56 @@ def pack_decode(
 
     The `CudaOps.pack_step(plan, pad_to=bucket, pad_block=num_blocks)` layout, built from
     the `SeqWork`s without a `StepPlan` (the planner's per-item work is most of a graph
-    step's host time). None when the step is not a graph's (a prefill chunk, a row not
-    sampled, too many rows) or fails validation: then the caller plans it the usual way,
-    which runs it eagerly or raises the planner's ValueError.
+    step's host time): one Python pass a field, the block tables flattened by one C-level
+    iteration and scattered through a mask. None when the step is not a graph's (a prefill
+    chunk, a row not sampled, too many rows) or fails validation: then the caller plans it
+    the usual way, which runs it eagerly or raises the planner's ValueError.
     """
     n = len(batch)
     if not 0 < n <= buckets[-1]:
         return None
-    for w in batch:
-        if len(w.token_ids) != 1 or not w.sample:
-            return None
-    ids = np.fromiter((w.token_ids[0] for w in batch), dtype=np.int64, count=n)
-    pos = np.fromiter((w.start_pos for w in batch), dtype=np.int64, count=n)
-    lens = np.fromiter((len(w.block_table) for w in batch), dtype=np.int64, count=n)
+    if not all([len(w.token_ids) == 1 and w.sample for w in batch]):
+        return None
+    ids = np.array([w.token_ids[0] for w in batch], dtype=np.int64)
+    pos = np.array([w.start_pos for w in batch], dtype=np.int64)
+    tables = [w.block_table for w in batch]
+    lens = np.array(list(map(len, tables)), dtype=np.int64)
     need = pos // block_size + 1
     if (
-        (ids < 0).any()
-        or (ids >= vocab_size).any()
-        or (pos < 0).any()
-        or (pos >= max_len).any()
+        ids.min() < 0
+        or ids.max() >= vocab_size
+        or pos.min() < 0
+        or pos.max() >= max_len
         or (lens < need).any()
         or len({w.request_id for w in batch}) != n
     ):
         return None
+    if not (lens == need).all():  # longer tables than the step reads: their prefixes
+        tables = [t[:k] for t, k in zip(tables, need.tolist(), strict=True)]
+    ends = np.cumsum(need)
+    flat = np.fromiter(chain.from_iterable(tables), dtype=np.int64, count=int(ends[-1]))
+    if flat.min() < 0 or flat.max() >= num_blocks:  # out of range, or the scratch block
+        return None
     bucket = next(b for b in buckets if b >= n)
     stride = stride_bucket(int(need.max()))
-    tables = np.full((bucket, stride), num_blocks, dtype=np.int64)
-    for i, (w, k) in enumerate(zip(batch, need.tolist(), strict=True)):
-        tables[i, :k] = w.block_table[:k]
-    used = tables[:n] != num_blocks
-    if (tables[:n][used] < 0).any() or (tables[:n] > num_blocks).any():
-        return None
-    if (np.arange(stride)[None, :] < need[:, None])[~used].any():
-        return None  # a used entry named the scratch block
-    rows = np.arange(bucket, dtype=np.int64)
-    buf = np.zeros(11 * bucket + bucket * stride, dtype=np.int64)
+    buf = np.empty(11 * bucket + bucket * stride, dtype=np.int64)
     buf[:n] = ids
+    buf[n:bucket] = 0
     buf[bucket : bucket + n] = pos
-    buf[2 * bucket : 3 * bucket] = num_blocks  # padding rows: position 0 of the scratch block
-    buf[2 * bucket : 2 * bucket + n] = tables[rows[:n], pos // block_size]
+    buf[bucket + n : 2 * bucket] = 0
+    buf[2 * bucket : 2 * bucket + n] = flat[ends - 1]  # each row's last block: its new slot
+    buf[2 * bucket + n : 3 * bucket] = num_blocks  # padding rows: position 0 of the scratch block
     buf[3 * bucket : 3 * bucket + n] = pos % block_size
+    buf[3 * bucket + n : 4 * bucket] = 0
+    rows = np.arange(bucket, dtype=np.int64)
     buf[4 * bucket : 5 * bucket] = rows  # each row its own sequence
     buf[5 * bucket : 6 * bucket] = rows  # every row sampled
-    params = [w.sampling for w in batch] + [_PAD] * (bucket - n)
-    counts = [w.num_generated for w in batch] + [0] * (bucket - n)
-    buf[6 * bucket : 11 * bucket] = device_rows(params, counts).reshape(-1)
-    buf[11 * bucket :] = tables.reshape(-1)
+    samp = buf[6 * bucket : 11 * bucket].reshape(bucket, 5)
+    samp[:n] = device_rows([w.sampling for w in batch], [w.num_generated for w in batch])
+    samp[n:] = device_rows([_PAD], [0])
+    mat = buf[11 * bucket :].reshape(bucket, stride)
+    mat.fill(num_blocks)
+    mat[:n][np.arange(stride) < need[:, None]] = flat
     return buf, (bucket, stride)
 
 

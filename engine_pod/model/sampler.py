@@ -12,6 +12,7 @@ import numpy as np
 from engine_pod.model.base import SamplingParams
 
 _process_rng = np.random.default_rng()
+_ONE_BITS = int(np.float64(1.0).view(np.int64))
 
 
 def request_rng(params: SamplingParams, num_generated: int) -> np.random.Generator:
@@ -75,15 +76,14 @@ def device_rows(params: list[SamplingParams], num_generated: list[int]) -> np.nd
     Unseeded rows get a fresh seed from the process RNG each step.
     """
     n = len(params)
-    floats = np.zeros((n, 2), dtype=np.float64)
-    floats[:, 1] = 1.0
     out = np.zeros((n, 5), dtype=np.int64)
+    out[:, 1] = _ONE_BITS  # top_p 1.0
     out[:, 2] = -1
+    drawn = [r for r, sp in enumerate(params) if sp.temperature > 0.0 and sp.top_k != 1]
     unseeded = []
-    for r, sp in enumerate(params):
-        if sp.greedy or sp.top_k == 1:
-            continue  # temperature 0: argmax
-        floats[r] = (sp.temperature, sp.top_p)
+    for r in drawn:  # the others: temperature 0 (argmax)
+        sp = params[r]
+        out[r, :2] = np.array([sp.temperature, sp.top_p], dtype=np.float64).view(np.int64)
         out[r, 2] = sp.top_k
         if sp.seed is None:
             unseeded.append(r)
@@ -91,7 +91,6 @@ def device_rows(params: list[SamplingParams], num_generated: list[int]) -> np.nd
             seed = sp.seed & 0xFFFFFFFFFFFFFFFF
             out[r, 3] = seed - 2**64 if seed >= 2**63 else seed  # the uint64 bits
         out[r, 4] = num_generated[r]
-    out[:, :2] = floats.view(np.int64)
     if unseeded:
         fresh = _process_rng.integers(0, 2**64, size=len(unseeded), dtype=np.uint64)
         out[unseeded, 3] = fresh.view(np.int64)

@@ -48,6 +48,13 @@ def test_pack_decode_equals_the_planned_layout() -> None:
     assert buf.tolist() == want.tolist()
     long = [SeqWork("x", [1], 40, list(range(11)), True)]
     assert _pack(long)[1] == (1, 16)
+    # tables that cover exactly the positions written (as the scheduler hands them)
+    exact = [SeqWork(f"e{i}", [3 + i], 5 * i + 2, list(range(20 + 7 * i, 20 + 7 * i + (5 * i + 2) // 4 + 1)),
+                     True, SamplingParams(temperature=0.0)) for i in range(3)]  # fmt: skip
+    buf, key = _pack(exact)
+    plan = plan_step(exact, 4, 65, 100, 256, context_slots=False)
+    want, _, _ = CudaOps.pack_step(plan, 4, stride=key[1], pad_to=key[0], pad_block=64)
+    assert key == (4, 8) and buf.tolist() == want.tolist()
 
 
 def test_pack_decode_declines_what_is_not_a_graph_step() -> None:

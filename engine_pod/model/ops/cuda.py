@@ -48,7 +48,8 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rl_sample": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _I, _P],
     "rl_paged_attention_v3": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v4": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
-    "rl_paged_attention_v5": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
+    "rl_paged_attention_v5": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _I, _P],
+    "rl_set_pdl": [_I],
     "rl_gemm_config": [_I, _I, _I, _I, _P, _P],
     "rl_gemm_norm": [_P, _P, _P, _P, _P, _F, _P, _I, _I, _I, _P, _P, _P],
     "rl_gemm_norm_silu": [_P, _P, _P, _P, _P, _F, _P, _I, _I, _I, _P, _P, _P],
@@ -208,6 +209,10 @@ class CudaOps(DecoderOps):
         except Exception:
             self.num_sms = 132
         self._select_part_bytes = int(self.lib.rl_select_part_bytes())
+        # programmatic dependent launches (sm_90): each kernel of ours starts while the one
+        # before it finishes (RLFLEET_PDL=0: plain launches)
+        self.pdl = os.environ.get("RLFLEET_PDL", "1") != "0"
+        self.lib.rl_set_pdl(int(self.pdl))
         from engine_pod.model.cuda_graphs import BATCH_BUCKETS  # (it imports this module)
 
         # rounded down to a graph bucket: a batch and its padded graph must decide alike
@@ -439,9 +444,13 @@ class CudaOps(DecoderOps):
                      part_ml.data_ptr() if part_ml is not None else None)  # fmt: skip
             # 801: no instance for this shape → v5 falls back to v4, v4 / v3 to v2, v2 to v1
             chain = [version] + (["v4"] if version == "v5" else []) + ["v2"]
+            # v5 loads its first tile before waiting for the previous kernel when every row
+            # is its sequence's only token (the only key written this step is each row's last)
+            prefetch = int(st.plan.num_decode == st.n_tok)
             for fn in dict.fromkeys(f"rl_paged_attention_{v}" for v in chain):
                 extra = (counters,) if fn[-2:] in ("v4", "v5") else ()
-                rc = getattr(self.lib, fn)(*parts, *extra, *args)
+                a = (*args[:-2], prefetch, *args[-2:]) if fn.endswith("v5") else args
+                rc = getattr(self.lib, fn)(*parts, *extra, *a)
                 if rc == 0:
                     return out
                 if rc != 801:

@@ -56,11 +56,37 @@ __device__ float block_sum(float v) {
   return total;
 }
 
+// ---------------------------------------------------------------- programmatic dependent launch
+// Every kernel here is launched with programmatic stream serialization (sm_90 PDL, when
+// `g_pdl` is on): it may start while the kernel before it on the stream is finishing, so
+// the launch latency and whatever a kernel does before `pdl_wait()` overlap that kernel's
+// tail. `pdl_wait()` returns once the previous kernel has completed and its writes are
+// visible; every kernel calls it before it touches memory a previous kernel writes or reads,
+// unconditionally in every block (a block that exited without it would let the kernel after
+// this one start before the one before it had finished). `pdl_launch()` lets the next kernel
+// start launching. Both are no-ops for a normal launch.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// the common start of a kernel: wait for the previous one, let the next one launch
+__device__ __forceinline__ void pdl_entry() {
+  pdl_wait();
+  pdl_launch();
+}
+
 // ---------------------------------------------------------------- gather rows
 // out[i, :] = table[idx[i], :]   (embedding lookup; also index_select of rows)
 template <typename T>
 __global__ void gather_rows_k(T* __restrict__ out, const T* __restrict__ table,
                               const int64_t* __restrict__ idx, int h) {
+  pdl_entry();
   int64_t r = idx[blockIdx.x];
   const T* src = table + r * (int64_t)h;
   T* dst = out + (int64_t)blockIdx.x * h;
@@ -74,6 +100,7 @@ template <typename T>
 __global__ void rms_norm_k(T* __restrict__ out, T* x_out, const T* x, const T* __restrict__ delta,
                            const int64_t* __restrict__ rows, const T* __restrict__ w, int h,
                            float eps) {
+  pdl_entry();
   int64_t r = rows ? rows[blockIdx.x] : blockIdx.x;
   const T* xr = x + r * h;
   const T* dr = delta ? delta + r * h : nullptr;
@@ -96,6 +123,7 @@ __global__ void rms_norm_k(T* __restrict__ out, T* x_out, const T* x, const T* _
 // ---------------------------------------------------------------- bias, SiLU*mul, cast
 template <typename T>
 __global__ void add_bias_k(T* x, const T* __restrict__ b, int64_t n, int h) {
+  pdl_entry();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x)
     x[i] = from_f<T>(to_f(x[i]) + to_f(b[i % h]));
@@ -104,6 +132,7 @@ __global__ void add_bias_k(T* x, const T* __restrict__ b, int64_t n, int h) {
 // out[t, c] = T(T(silu(gu[t, c])) * gu[t, I + c])
 template <typename T>
 __global__ void silu_mul_k(T* __restrict__ out, const T* __restrict__ gu, int64_t n, int inter) {
+  pdl_entry();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
     int64_t t = i / inter, c = i - t * inter;
@@ -115,6 +144,7 @@ __global__ void silu_mul_k(T* __restrict__ out, const T* __restrict__ gu, int64_
 
 template <typename T>
 __global__ void cast_f32_k(float* __restrict__ out, const T* __restrict__ in, int64_t n) {
+  pdl_entry();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x)
     out[i] = to_f(in[i]);
@@ -131,6 +161,7 @@ __global__ void qkv_rope_cache_k(T* __restrict__ q_out, const T* __restrict__ qk
                                  const int64_t* __restrict__ slot_b,
                                  const int64_t* __restrict__ slot_o, T* kc, T* vc, int hq, int hkv,
                                  int d, int bs) {
+  pdl_entry();
   int t = blockIdx.x;
   int width = (hq + 2 * hkv) * d, half = d / 2;
   const T* row = qkv + (int64_t)t * width;
@@ -169,6 +200,7 @@ __global__ void paged_attention_k(T* __restrict__ out, const T* __restrict__ q,
                                   const int64_t* __restrict__ block_tables, int bt_stride,
                                   const int64_t* __restrict__ seq, const int64_t* __restrict__ pos,
                                   int hq, int hkv, int d, int bs, float scale) {
+  pdl_entry();
   extern __shared__ float sm[];
   int t = blockIdx.x, kh = blockIdx.y, G = hq / hkv;
   float* q_s = sm;                    // [G * d]  (pre-scaled)
@@ -257,6 +289,7 @@ __global__ void __launch_bounds__(128) paged_attention_v2_k(
     const int64_t* __restrict__ block_tables, int bt_stride, const int64_t* __restrict__ seq,
     const int64_t* __restrict__ pos, int hq, int hkv, int d, int bs, float scale,
     int keys_per_split) {
+  pdl_entry();
   __shared__ float s_acc[4][MAXG][EPL * 32];
   __shared__ float s_m[4][MAXG], s_l[4][MAXG];
   int t = blockIdx.x, kh = blockIdx.y, sp = blockIdx.z, nsplit = gridDim.z;
@@ -374,6 +407,7 @@ __global__ void __launch_bounds__(128) paged_attention_v3_k(
     const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
     const int64_t* __restrict__ block_tables, int bt_stride, const int64_t* __restrict__ seq,
     const int64_t* __restrict__ pos, int hq, int hkv, int bs, float scale, int keys_per_split) {
+  pdl_entry();
   constexpr int D = 8 * LPK, KPW = 32 / LPK;
   __shared__ float s_acc[4][MAXG][D];
   __shared__ float s_m[4][MAXG], s_l[4][MAXG];
@@ -523,19 +557,20 @@ template <typename T> __device__ __forceinline__ void raw8_to_f(const Raw8<T>& r
   }
 }
 
-// The in-launch merge of split-K attention: called by every split of a (token, kv head) after
-// it wrote its partial (acc [G, D] unnormalized, (m, l) natural-log max and sum) for split sp.
-// The last split to arrive (atomic counter `cnt`, which it resets to 0 for the next launch or
-// graph replay) merges all of them in split order, so the result does not depend on timing.
+// The in-launch merge of split-K attention: called by each of the first `count` splits of a
+// (token, kv head) after it wrote its partial (acc [G, D] unnormalized, (m, l) natural-log max
+// and sum; partials `nsplit` apart). The last split to arrive (atomic counter `cnt`, which it
+// resets to 0 for the next launch or graph replay) merges them in split order, so the result
+// does not depend on timing. (Splits past `count` hold no key: they would add nothing.)
 template <typename T, int D>
 __device__ void merge_splits_last(T* __restrict__ out, const float* __restrict__ part_acc,
                                   const float* __restrict__ part_ml, unsigned* cnt,
-                                  int64_t head0, int G, int nsplit) {
+                                  int64_t head0, int G, int nsplit, int count) {
   __shared__ bool s_last;
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   __threadfence();  // this split's partial is visible before it is counted
   __syncthreads();
-  if (tid == 0) s_last = atomicAdd(cnt, 1u) == (unsigned)(nsplit - 1);
+  if (tid == 0) s_last = atomicAdd(cnt, 1u) == (unsigned)(count - 1);
   __syncthreads();
   if (!s_last) return;
   __threadfence();
@@ -545,16 +580,16 @@ __device__ void merge_splits_last(T* __restrict__ out, const float* __restrict__
   for (int g = w; g < G; g += (int)(blockDim.x >> 5)) {
     const int64_t base = (head0 + g) * nsplit;
     float M = -INFINITY;
-    for (int s = lane; s < nsplit; s += 32) M = fmaxf(M, __ldcg(part_ml + (base + s) * 2));
+    for (int s = lane; s < count; s += 32) M = fmaxf(M, __ldcg(part_ml + (base + s) * 2));
     M = warp_max(M);
     float Ls = 0.f, A[EPL];
 #pragma unroll
     for (int k = 0; k < EPL; ++k) A[k] = 0.f;
-    for (int s0 = 0; s0 < nsplit; s0 += 32) {
-      const int s = s0 + lane, n = min(32, nsplit - s0);
-      const float ms = s < nsplit ? __ldcg(part_ml + (base + s) * 2) : -INFINITY;
+    for (int s0 = 0; s0 < count; s0 += 32) {
+      const int s = s0 + lane, n = min(32, count - s0);
+      const float ms = s < count ? __ldcg(part_ml + (base + s) * 2) : -INFINITY;
       const float f = ms == -INFINITY ? 0.f : expf(ms - M);
-      Ls += s < nsplit ? __ldcg(part_ml + (base + s) * 2 + 1) * f : 0.f;
+      Ls += s < count ? __ldcg(part_ml + (base + s) * 2 + 1) * f : 0.f;
       const float* pa = part_acc + (base + s0) * D;
 #pragma unroll 8
       for (int j = 0; j < n; ++j) {
@@ -579,6 +614,7 @@ __global__ void __launch_bounds__(128) paged_attention_v4_k(
     const T* __restrict__ vc, const int64_t* __restrict__ block_tables, int bt_stride,
     const int64_t* __restrict__ seq, const int64_t* __restrict__ pos, int hq, int hkv, int bs,
     float scale, int keys_per_split) {
+  pdl_entry();
   constexpr int TILE = D <= 64 ? 64 : 32;      // keys a tile
   constexpr int CH = D / 8;                    // 8-element chunks a row
   constexpr int LOADS = TILE * CH / 128;       // chunks of K (and of V) a thread loads a tile
@@ -730,7 +766,7 @@ __global__ void __launch_bounds__(128) paged_attention_v4_k(
     part_ml[((head0 + tid) * nsplit + sp) * 2 + 1] = s_l[tid];
   }
   if (counters) merge_splits_last<T, D>(out, part_acc, part_ml, counters + (int64_t)t * hkv + kh,
-                                         head0, G, nsplit);
+                                         head0, G, nsplit, nsplit);
 }
 
 // ---------------------------------------------------------------- paged attention on tensor cores (v5)
@@ -793,7 +829,7 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
     unsigned* __restrict__ counters, const T* __restrict__ q, const T* __restrict__ kc,
     const T* __restrict__ vc, const int64_t* __restrict__ block_tables, int bt_stride,
     const int64_t* __restrict__ seq, const int64_t* __restrict__ pos, int hq, int hkv, int bs,
-    float scale, int keys_per_split) {
+    float scale, int keys_per_split, int prefetch) {
   using namespace attn5;
   constexpr int TILE = 64, RS = D + 8;  // keys a tile; shared row stride (16-byte pad: no conflicts)
   constexpr int CH = D / 8, LOADS = TILE * CH / 128, KST = D / 16, NT = D / 8;
@@ -806,6 +842,11 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
   const int G = hq / hkv, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int L = (int)pos[t] + 1;
   const int k_begin = sp * keys_per_split;
+  // With the in-launch merge, a split past the context holds no key and leaves at once (the
+  // merge counts only the first `live` splits); split 0 always holds one, so some block of
+  // the grid still waits for the previous kernel below.
+  const int live = min(nsplit, (L + keys_per_split - 1) / keys_per_split);
+  if (counters && nsplit > 1 && sp >= live) return;
   const int k_end = sp == nsplit - 1 ? L : min(L, k_begin + keys_per_split);
   const int64_t* tab = block_tables + seq[t] * (int64_t)bt_stride;
   const int64_t kv_stride = (int64_t)hkv * D;
@@ -823,7 +864,14 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
     cp_commit();
   };
   const int ntiles = k_begin < k_end ? (k_end - k_begin + TILE - 1) / TILE : 0;
-  if (ntiles > 0) issue(k_begin, 0);
+  // With `prefetch` (every row the only token of its sequence this step, so the kernels
+  // before wrote no key but the row's last), the first tile loads before the wait for the
+  // previous kernel when it holds no key of the last position: the block tables are the
+  // host's, the older keys an earlier step's.
+  const bool early = prefetch && ntiles > 0 && min(k_end, k_begin + TILE) < L;
+  if (early) issue(k_begin, 0);
+  pdl_entry();
+  if (ntiles > 0 && !early) issue(k_begin, 0);
   for (int c = tid; c < 16 * CH; c += 128) {  // Q rows = heads, zero past G
     const int r = c / CH, col = (c % CH) * 8;
     uint4 v = make_uint4(0, 0, 0, 0);
@@ -949,13 +997,14 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
   }
   if (nsplit > 1 && counters)
     merge_splits_last<T, D>(out, part_acc, part_ml, counters + (int64_t)t * hkv + kh, head0, G,
-                            nsplit);
+                            nsplit, live);
 }
 
 // merge the splits: out[t, h*d + e] = sum_s acc_s[e] e^(m_s - M) / sum_s l_s e^(m_s - M)
 template <typename T>
 __global__ void attn_combine_k(T* __restrict__ out, const float* __restrict__ part_acc,
                                const float* __restrict__ part_ml, int hq, int d, int nsplit) {
+  pdl_entry();
   int t = blockIdx.x, h = blockIdx.y;
   int64_t base = ((int64_t)t * hq + h) * nsplit;
   float M = -INFINITY;
@@ -1128,6 +1177,7 @@ template <typename T>
 __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
     sample_k(int64_t* __restrict__ out, int64_t* __restrict__ info, const T* __restrict__ logits,
              const int64_t* __restrict__ params, int vocab, int skip_fast) {
+  pdl_entry();
   __shared__ RadixState rs;
   __shared__ float sh_f[33];
   __shared__ int sh_i[33];
@@ -1429,6 +1479,7 @@ __global__ void __launch_bounds__(SEL_THREADS) select_k(
     int64_t* __restrict__ out, int64_t* __restrict__ info, SelBest* __restrict__ part,
     unsigned* __restrict__ counters, const T* __restrict__ logits,
     const int64_t* __restrict__ params, int vocab, int chunk) {
+  pdl_entry();
   __shared__ SelBest sb[SEL_THREADS / 32];
   __shared__ bool s_last;
   const int r = blockIdx.x, c = blockIdx.y, nc = gridDim.y, tid = threadIdx.x;
@@ -1506,12 +1557,31 @@ static inline int rows_threads(int h) {
   return t < 64 ? 64 : (t > 1024 ? 1024 : t);
 }
 
+static bool g_pdl = true;  // rl_set_pdl: launch with programmatic stream serialization
+
+// kernel<<<grid, block, smem, st>>>(args...), as a programmatic dependent launch when g_pdl
+template <typename... P, typename... A>
+static void launch_k(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                     A... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = st;
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at;
+  cfg.numAttrs = g_pdl ? 1 : 0;
+  cudaLaunchKernelEx(&cfg, kernel, ((P)args)...);  // errors: cudaGetLastError in the caller
+}
+
 // split-K attention's partials merged by a second launch (attn_combine_k), when the splits
 // did not merge in their own launch
 template <typename T>
 static void combine_splits(void* out, void* part_acc, void* part_ml, int tokens, int hq, int d,
                            int nsplit, cudaStream_t st) {
-  attn_combine_k<T><<<dim3(tokens, hq), d < 32 ? 32 : (d > 128 ? 128 : d), 0, st>>>(
+  launch_k(attn_combine_k<T>, dim3(tokens, hq), d < 32 ? 32 : (d > 128 ? 128 : d), 0, st,
       (T*)out, (const float*)part_acc, (const float*)part_ml, hq, d, nsplit);
 }
 
@@ -1525,7 +1595,14 @@ static void combine_splits(void* out, void* part_acc, void* part_ml, int tokens,
 
 extern "C" {
 
-int rl_version() { return 5; }
+int rl_version() { return 6; }
+
+// programmatic dependent launches on (1, the default) or off (0); returns the old setting
+int rl_set_pdl(int on) {
+  int old = g_pdl ? 1 : 0;
+  g_pdl = on != 0;
+  return old;
+}
 
 int rl_zero(void* p, int64_t nbytes, void* stream) {
   cudaMemsetAsync(p, 0, (size_t)nbytes, (cudaStream_t)stream);
@@ -1536,7 +1613,7 @@ int rl_gather_rows(void* out, const void* table, const void* idx, int n, int h, 
                    void* stream) {
   if (n == 0) return 0;
   int th = h >= 256 ? 256 : 128;
-  DISPATCH(dtype, gather_rows_k<T><<<n, th, 0, (cudaStream_t)stream>>>(
+  DISPATCH(dtype, launch_k(gather_rows_k<T>, n, th, 0, (cudaStream_t)stream,
                       (T*)out, (const T*)table, (const int64_t*)idx, h));
   return (int)cudaGetLastError();
 }
@@ -1545,7 +1622,7 @@ int rl_rms_norm(void* out, void* x_out, const void* x, const void* delta, const 
                 const void* w, int n, int h, float eps, int dtype, void* stream) {
   if (n == 0) return 0;
   int th = rows_threads(h / 4 > 0 ? h / 4 : 1);
-  DISPATCH(dtype, rms_norm_k<T><<<n, th, 0, (cudaStream_t)stream>>>(
+  DISPATCH(dtype, launch_k(rms_norm_k<T>, n, th, 0, (cudaStream_t)stream,
                       (T*)out, (T*)x_out, (const T*)x, (const T*)delta, (const int64_t*)rows,
                       (const T*)w, h, eps));
   return (int)cudaGetLastError();
@@ -1553,7 +1630,7 @@ int rl_rms_norm(void* out, void* x_out, const void* x, const void* delta, const 
 
 int rl_add_bias(void* x, const void* b, int64_t n, int h, int dtype, void* stream) {
   if (n == 0) return 0;
-  DISPATCH(dtype, add_bias_k<T><<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(
+  DISPATCH(dtype, launch_k(add_bias_k<T>, grid_for(n, 256), 256, 0, (cudaStream_t)stream,
                       (T*)x, (const T*)b, n, h));
   return (int)cudaGetLastError();
 }
@@ -1561,14 +1638,14 @@ int rl_add_bias(void* x, const void* b, int64_t n, int h, int dtype, void* strea
 int rl_silu_mul(void* out, const void* gu, int64_t tokens, int inter, int dtype, void* stream) {
   int64_t n = tokens * inter;
   if (n == 0) return 0;
-  DISPATCH(dtype, silu_mul_k<T><<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(
+  DISPATCH(dtype, launch_k(silu_mul_k<T>, grid_for(n, 256), 256, 0, (cudaStream_t)stream,
                       (T*)out, (const T*)gu, n, inter));
   return (int)cudaGetLastError();
 }
 
 int rl_cast_f32(void* out, const void* in, int64_t n, int dtype, void* stream) {
   if (n == 0) return 0;
-  DISPATCH(dtype, cast_f32_k<T><<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(
+  DISPATCH(dtype, launch_k(cast_f32_k<T>, grid_for(n, 256), 256, 0, (cudaStream_t)stream,
                       (float*)out, (const T*)in, n));
   return (int)cudaGetLastError();
 }
@@ -1580,7 +1657,7 @@ int rl_qkv_rope_cache(void* q_out, const void* qkv, const void* bias, const void
   if (tokens == 0) return 0;
   int th = rows_threads((hq + 2 * hkv) * d / 2);
   if (th > 512) th = 512;
-  DISPATCH(dtype, qkv_rope_cache_k<T><<<tokens, th, 0, (cudaStream_t)stream>>>(
+  DISPATCH(dtype, launch_k(qkv_rope_cache_k<T>, tokens, th, 0, (cudaStream_t)stream,
                       (T*)q_out, (const T*)qkv, (const T*)bias, (const T*)cos_t, (const T*)sin_t,
                       (const int64_t*)pos, (const int64_t*)slot_b, (const int64_t*)slot_o, (T*)kc,
                       (T*)vc, hq, hkv, d, bs));
@@ -1606,7 +1683,7 @@ int rl_paged_attention(void* out, const void* q, const void* kc, const void* vc,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
       if (e != cudaSuccess) return (int)e;
     }
-    paged_attention_k<T><<<grid, th, smem, (cudaStream_t)stream>>>(
+    launch_k(paged_attention_k<T>, grid, th, smem, (cudaStream_t)stream,
         (T*)out, (const T*)q, (const T*)kc, (const T*)vc, (const int64_t*)block_tables,
         bt_stride, (const int64_t*)seq, (const int64_t*)pos, hq, hkv, d, bs, scale);
   });
@@ -1630,7 +1707,7 @@ int rl_paged_attention_v2(void* out, void* part_acc, void* part_ml, const void* 
   cudaStream_t st = (cudaStream_t)stream;
 #define V2(E, MG)                                                                            \
   if (epl == E && maxg == MG)                                                                \
-    paged_attention_v2_k<T, E, MG><<<grid, 128, 0, st>>>(                                    \
+    launch_k(paged_attention_v2_k<T, E, MG>, grid, 128, 0, st,                                     \
         (T*)out, (float*)part_acc, (float*)part_ml, (const T*)q, (const T*)kc, (const T*)vc, \
         (const int64_t*)block_tables, bt_stride, (const int64_t*)seq, (const int64_t*)pos,   \
         hq, hkv, d, bs, scale, keys_per_split);
@@ -1657,7 +1734,7 @@ int rl_paged_attention_v3(void* out, void* part_acc, void* part_ml, const void* 
   cudaStream_t st = (cudaStream_t)stream;
 #define V3(LPK)                                                                               \
   if (d == 8 * LPK)                                                                           \
-    paged_attention_v3_k<T, LPK, 8><<<grid, 128, 0, st>>>(                                    \
+    launch_k(paged_attention_v3_k<T, LPK, 8>, grid, 128, 0, st,                                     \
         (T*)out, (float*)part_acc, (float*)part_ml, (const T*)q, (const T*)kc, (const T*)vc,  \
         (const int64_t*)block_tables, bt_stride, (const int64_t*)seq, (const int64_t*)pos, hq, \
         hkv, bs, scale, keys_per_split);
@@ -1686,7 +1763,7 @@ int rl_paged_attention_v4(void* out, void* part_acc, void* part_ml, void* counte
   unsigned* cnt = nsplit > 1 ? (unsigned*)counters : NULL;
 #define V4(DD)                                                                               \
   if (d == DD)                                                                               \
-    paged_attention_v4_k<T, DD, 8><<<grid, 128, 0, st>>>(                                    \
+    launch_k(paged_attention_v4_k<T, DD, 8>, grid, 128, 0, st,                                     \
         (T*)out, (float*)part_acc, (float*)part_ml, cnt, (const T*)q, (const T*)kc,          \
         (const T*)vc, (const int64_t*)block_tables, bt_stride, (const int64_t*)seq,          \
         (const int64_t*)pos, hq, hkv, bs, scale, keys_per_split);
@@ -1698,14 +1775,15 @@ int rl_paged_attention_v4(void* out, void* part_acc, void* part_ml, void* counte
   return (int)cudaGetLastError();
 }
 
-// v5: the same contract as v4; 801 unless the caches are bf16, d in {64, 128} and
+// v5: the same contract as v4, plus `prefetch` (1: every row is the only token of its
+// sequence in this step; see the kernel); 801 unless the caches are bf16, d in {64, 128} and
 // hq / hkv <= 16 (then use v4). (The kernel has an fp16 instance too, not yet checked on a
 // device: not launched.)
 int rl_paged_attention_v5(void* out, void* part_acc, void* part_ml, void* counters,
                           const void* q, const void* kc, const void* vc, const void* block_tables,
                           int bt_stride, const void* seq, const void* pos, int tokens, int hq,
                           int hkv, int d, int bs, float scale, int nsplit, int keys_per_split,
-                          int dtype, void* stream) {
+                          int prefetch, int dtype, void* stream) {
   if (tokens == 0) return 0;
   if (hq / hkv > 16 || nsplit < 1 || !(d == 64 || d == 128) || dtype != 1)
     return (int)cudaErrorNotSupported;
@@ -1722,10 +1800,10 @@ int rl_paged_attention_v5(void* out, void* part_acc, void* part_ml, void* counte
       if (e != cudaSuccess) return (int)e;                                                     \
       attr = true;                                                                             \
     }                                                                                          \
-    paged_attention_v5_k<TT, DD><<<grid, 128, smem, st>>>(                                     \
+    launch_k(paged_attention_v5_k<TT, DD>, grid, 128, smem, st,                                      \
         (TT*)out, (float*)part_acc, (float*)part_ml, cnt, (const TT*)q, (const TT*)kc,         \
         (const TT*)vc, (const int64_t*)block_tables, bt_stride, (const int64_t*)seq,           \
-        (const int64_t*)pos, hq, hkv, bs, scale, keys_per_split);                              \
+        (const int64_t*)pos, hq, hkv, bs, scale, keys_per_split, prefetch);                    \
     if (nsplit > 1 && !cnt)                                                                    \
       combine_splits<TT>(out, part_acc, part_ml, tokens, hq, d, nsplit, st);                   \
   }
@@ -1743,7 +1821,7 @@ static int launch_select(void* out, void* info, void* part, void* counters, cons
   int chunk = (vocab + nchunk - 1) / nchunk;
   chunk = (chunk + 7) / 8 * 8;
   dim3 grid(rows, nchunk);
-  DISPATCH(dtype, select_k<T><<<grid, SEL_THREADS, 0, st>>>(
+  DISPATCH(dtype, launch_k(select_k<T>, grid, SEL_THREADS, 0, st,
                       (int64_t*)out, (int64_t*)info, (SelBest*)part, (unsigned*)counters,
                       (const T*)logits, (const int64_t*)params, vocab, chunk));
   return (int)cudaGetLastError();
@@ -1768,7 +1846,7 @@ int rl_sample(void* out, void* info, const void* logits, const void* params, int
   cudaStream_t st = (cudaStream_t)stream;
   int rc = launch_select(out, info, part, counters, logits, params, rows, vocab, nchunk, dtype, st);
   if (rc) return rc;
-  DISPATCH(dtype, sample_k<T><<<rows, SAMPLE_THREADS, 0, st>>>(
+  DISPATCH(dtype, launch_k(sample_k<T>, rows, SAMPLE_THREADS, 0, st,
                       (int64_t*)out, (int64_t*)info, (const T*)logits, (const int64_t*)params,
                       vocab, 1));
   return (int)cudaGetLastError();
