@@ -225,7 +225,9 @@ class EngineCore:
         self.scheduler.finish(req, FinishReason.ABORT)
         self.counters.requests_aborted += 1
         self.counters.partial_tokens += len(req.output_token_ids)
-        return OutputProcessor.snapshot(req, [], "")
+        rest = req.text[req.text_sent :]  # text held back for a stop string that never came
+        req.text_sent = len(req.text)
+        return OutputProcessor.snapshot(req, [], rest)
 
     # -- the loop (loop thread) ---------------------------------------------------
     def _runnable(self) -> bool:

@@ -43,6 +43,9 @@ class BlockManager:
         self._block_hash: dict[int, bytes] = {}
         self._hash_to_block: dict[bytes, int] = {}
         self.tables: dict[str, list[int]] = {}
+        # per request: (salt, full blocks hashed so far, the last one's hash): each step hashes
+        # only the blocks that became full, not the whole context again
+        self._hashed: dict[str, tuple[str, int, bytes]] = {}
         self.prefix_hits = 0  # tokens served from the prefix cache
 
     # -- accounting ---------------------------------------------------------------
@@ -65,9 +68,13 @@ class BlockManager:
         return max(0, need - have)
 
     # -- prefix cache -------------------------------------------------------------
-    def _chain_hashes(self, token_ids: list[int], num_blocks: int) -> list[bytes]:
+    def _chain_hashes(
+        self, token_ids: list[int], num_blocks: int, parent: bytes | None = None
+    ) -> list[bytes]:
+        """Hashes of `num_blocks` full blocks of `token_ids`, each chained to the one before
+        (`parent`: the hash before the first; default the salt: the sequence's start)."""
         hashes: list[bytes] = []
-        parent = self.hash_salt.encode()
+        parent = self.hash_salt.encode() if parent is None else parent
         bs = self.block_size
         for i in range(num_blocks):
             chunk = token_ids[i * bs : (i + 1) * bs]
@@ -105,13 +112,21 @@ class BlockManager:
         """After a step: publish the request's newly full blocks to the prefix cache."""
         if not self.enable_prefix_cache:
             return
-        table = self.tables.get(request.request_id)
+        rid = request.request_id
+        table = self.tables.get(rid)
         if not table:
             return
         full = min(request.num_computed_tokens // self.block_size, len(table))
-        for block, h in zip(
-            table[:full], self._chain_hashes(request.all_token_ids, full), strict=True
-        ):
+        salt, done, parent = self._hashed.get(rid, (self.hash_salt, 0, b""))
+        if salt != self.hash_salt:  # new weights since: chain again from the start
+            done = 0
+        if full <= done:
+            return
+        bs = self.block_size
+        tokens = request.token_slice(done * bs, (full - done) * bs)
+        hashes = self._chain_hashes(tokens, full - done, parent if done else None)
+        self._hashed[rid] = (self.hash_salt, full, hashes[-1])
+        for block, h in zip(table[done:full], hashes, strict=True):
             if block in self._block_hash:
                 continue
             if h in self._hash_to_block:  # same content already cached in another block
@@ -138,6 +153,7 @@ class BlockManager:
     def free(self, request_id: str) -> int:
         """Release a request's blocks; return how many became free."""
         table = self.tables.pop(request_id, None)
+        self._hashed.pop(request_id, None)
         if not table:
             return 0
         freed = 0
@@ -157,4 +173,5 @@ class BlockManager:
         self._block_hash.clear()
         self._hash_to_block.clear()
         self.tables.clear()
+        self._hashed.clear()
         return used

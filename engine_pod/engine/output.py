@@ -39,36 +39,48 @@ class OutputProcessor:
         self.max_model_len = max_model_len
 
     def _text_delta(self, req: Request) -> str:
-        full = self.tokenizer.decode(req.output_token_ids)
-        if full.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
-            return ""
-        if not full.startswith(req.text):
-            return ""
-        return full[len(req.text) :]
+        """The new text of the last token(s), decoding only a window of the output: the tokens
+        from `detok_prefix` (context, already shown) on, against those up to `detok_read`
+        (O(1) a token, not O(output); the window keeps word-boundary spaces right)."""
+        ids = req.output_token_ids
+        shown = self.tokenizer.decode(ids[req.detok_prefix : req.detok_read])
+        text = self.tokenizer.decode(ids[req.detok_prefix :])
+        if len(text) <= len(shown) or text.endswith("\ufffd"):
+            return ""  # nothing printable yet (an incomplete UTF-8 sequence): wait for more
+        req.detok_prefix, req.detok_read = req.detok_read, len(ids)
+        return text[len(shown) :]
 
     def process_token(self, req: Request) -> RequestOutput:
-        """Called after a token was appended to `req`; decides whether it finished (does not free it)."""
+        """Called after a token was appended to `req`; decides whether it finished (does not free it).
+
+        With stop strings, the last `longest stop - 1` characters are held back until the next
+        token shows they do not start a stop string (or the request ends), so no streamed
+        delta ever holds part of the stop string that ends the text."""
         token = req.output_token_ids[-1]
         sp = req.sampling
-        delta = self._text_delta(req)
+        new = self._text_delta(req)
         reason: FinishReason | None = None
         if not sp.ignore_eos and token == self.tokenizer.eos_token_id:
-            reason, delta = FinishReason.STOP, ""
-        elif sp.stop and delta:
-            text = req.text + delta
+            reason, new = FinishReason.STOP, ""
+        longest = max((len(s) for s in sp.stop), default=0)
+        if new and longest:
             # Search only where a stop string could newly end.
-            window_start = max(0, len(req.text) - max(len(s) for s in sp.stop) + 1)
-            hits = [(text.find(s, window_start), s) for s in sp.stop]
-            hits = [(i, s) for i, s in hits if i >= 0]
+            start = max(0, len(req.text) - longest + 1)
+            req.text += new
+            hits = [i for i in (req.text.find(s, start) for s in sp.stop) if i >= 0]
             if hits:
-                cut = min(i for i, _ in hits)
-                delta = text[len(req.text) : cut] if cut >= len(req.text) else ""
+                req.text = req.text[: min(hits)]
                 reason = FinishReason.STOP
+        else:
+            req.text += new
         if reason is None and (
             len(req.output_token_ids) >= sp.max_tokens or req.num_tokens >= self.max_model_len
         ):
             reason = FinishReason.LENGTH
-        req.text += delta
+        hold = 0 if reason is not None else max(0, longest - 1)
+        end = max(req.text_sent, len(req.text) - hold)
+        delta = req.text[req.text_sent : end]
+        req.text_sent = end
         if reason is not None:
             req.finish(reason)
         return self.snapshot(req, [token], delta)

@@ -36,11 +36,24 @@ class Request:
     finish_reason: FinishReason | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     text: str = ""  # detokenized output so far (kept by the output processor)
+    text_sent: int = 0  # characters of `text` streamed so far (the rest may start a stop string)
+    detok_prefix: int = 0  # output tokens before the detokenizer's window (OutputProcessor)
+    detok_read: int = 0  # output tokens whose text is in `text`
     num_preemptions: int = 0
 
     @property
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
+
+    def token_slice(self, start: int, n: int) -> list[int]:
+        """`all_token_ids[start : start + n]` without building the whole list (a decode
+        step's one token costs O(1), not O(context))."""
+        p = len(self.prompt_token_ids)
+        if start >= p:
+            return self.output_token_ids[start - p : start - p + n]
+        if start + n <= p:
+            return self.prompt_token_ids[start : start + n]
+        return self.prompt_token_ids[start:] + self.output_token_ids[: start + n - p]
 
     @property
     def num_tokens(self) -> int:

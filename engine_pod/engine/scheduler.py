@@ -151,7 +151,7 @@ class Scheduler:
             step.work.append(
                 SeqWork(
                     request_id=req.request_id,
-                    token_ids=req.all_token_ids[start : start + n],
+                    token_ids=req.token_slice(start, n),
                     start_pos=start,
                     block_table=list(self.blocks.tables[req.request_id]),
                     sample=start + n == req.num_tokens,

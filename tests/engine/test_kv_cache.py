@@ -90,3 +90,55 @@ def test_reset_frees_everything():
 def test_rejects_bad_geometry():
     with pytest.raises(ValueError):
         BlockManager(0, 4)
+
+
+def test_blocks_registered_step_by_step_hash_as_the_whole_sequence_at_once():
+    """Each step hashes only the blocks that became full (chained to the last one); the
+    result is the prefix cache a one-shot registration of the whole sequence builds."""
+    steps = BlockManager(32, 4)
+    once = BlockManager(32, 4)
+    a, b = req("a", list(range(10))), req("a", list(range(10)))
+    for bm, r in ((steps, a), (once, b)):
+        bm.allocate(r, 10)
+        r.num_computed_tokens = 10
+    steps.register_full_blocks(a)
+    for t in range(100, 117):  # decode: one token a step
+        for bm, r in ((steps, a), (once, b)):
+            r.output_token_ids.append(t)
+            bm.allocate(r, 1)
+            r.num_computed_tokens += 1
+        steps.register_full_blocks(a)
+    once.register_full_blocks(b)
+    assert steps.tables["a"] == once.tables["a"]
+    assert steps._block_hash == once._block_hash and len(once._block_hash) == 6
+    # a new request with the same 26 tokens takes every full block but the one holding its last
+    steps.free("a")
+    assert steps.take_cached_prefix(req("c", a.all_token_ids)) == 24
+
+
+def test_new_salt_mid_sequence_chains_from_the_start():
+    bm = BlockManager(16, 4)
+    a = req("a", list(range(8)))
+    bm.allocate(a, 8)
+    a.num_computed_tokens = 8
+    bm.register_full_blocks(a)
+    bm.hash_salt = "step-2"
+    a.output_token_ids += [50, 51, 52, 53]
+    bm.allocate(a, 4)
+    a.num_computed_tokens = 12
+    bm.register_full_blocks(a)
+    bm.free("a")
+    # the third block was hashed under the new salt, chained from a start under it too: a
+    # request after the update hits only what that chain covers
+    fresh = BlockManager(16, 4)
+    fresh.hash_salt = "step-2"
+    want = fresh._chain_hashes(a.all_token_ids, 3)[2]
+    assert want in bm._hash_to_block
+    assert bm.take_cached_prefix(req("b", a.all_token_ids + [1])) == 0  # blocks 1-2: old salt
+
+
+def test_token_slice_is_a_slice_of_all_tokens():
+    r = Request("r", [1, 2, 3, 4, 5], SamplingParams(), output_token_ids=[6, 7, 8])
+    for start in range(9):
+        for n in range(0, 10 - start):
+            assert r.token_slice(start, n) == r.all_token_ids[start : start + n], (start, n)
