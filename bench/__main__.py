@@ -1,7 +1,7 @@
 """`python -m bench [--quick]`: every benchmark in one run, then the plots.
 
-engine (pause under load, batching throughput, resume), weight sync, fleet
-fan-out on the local cluster. Each writes bench/results/<name>-<time>.json and
+engine (pause under load, batching throughput, resume), the engine core's host time a
+step, weight sync, fleet fan-out on the local cluster. Each writes bench/results/<name>-<time>.json and
 <name>-latest.json; plots go to bench/results/*.png.
 """
 
@@ -13,7 +13,7 @@ import time
 
 from bench.common import console
 
-BENCHMARKS = ("bench.engine_bench", "bench.weights_bench", "bench.fleet_bench")
+BENCHMARKS = ("bench.engine_bench", "bench.core_bench", "bench.weights_bench", "bench.fleet_bench")
 
 
 def main(argv: list[str] | None = None) -> None:

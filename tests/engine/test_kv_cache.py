@@ -142,3 +142,22 @@ def test_token_slice_is_a_slice_of_all_tokens():
     for start in range(9):
         for n in range(0, 10 - start):
             assert r.token_slice(start, n) == r.all_token_ids[start : start + n], (start, n)
+
+
+def test_a_long_decode_hashes_each_block_once():
+    """Registration after every step hashes only newly full blocks: a step's cost does not
+    grow with the context."""
+    bm = BlockManager(512, 4)
+    hashed = []
+    chain = bm._chain_hashes
+    bm._chain_hashes = lambda toks, n, parent=None: hashed.append(n) or chain(toks, n, parent)
+    a = req("a", list(range(40)))
+    bm.allocate(a, 40)
+    a.num_computed_tokens = 40
+    bm.register_full_blocks(a)
+    for t in range(400):
+        a.output_token_ids.append(t)
+        bm.allocate(a, 1)
+        a.num_computed_tokens += 1
+        bm.register_full_blocks(a)
+    assert sum(hashed) == 440 // 4 and max(hashed) == 10  # the prompt's 10, then one at a time

@@ -36,6 +36,28 @@ def test_streamed_deltas_equal_the_decoded_output(tok, text: str) -> None:
     assert r.detok_read == len(ids)  # the window moved to the end: O(1) a token
 
 
+def test_detokenizing_a_long_output_decodes_a_short_window_each_token(tok) -> None:
+    proc = OutputProcessor(tok, max_model_len=1 << 16)
+    lengths: list[int] = []
+    decode = tok.decode
+
+    class Counting:
+        eos_token_id = tok.eos_token_id
+
+        def decode(self, ids):
+            lengths.append(len(ids))
+            return decode(ids)
+
+    proc.tokenizer = Counting()
+    r = Request("r", [1], SamplingParams(max_tokens=1 << 16, ignore_eos=True))
+    ids = tok.encode("wörds and 東京 " * 200)
+    for t in ids:
+        r.output_token_ids.append(t)
+        proc.process_token(r)
+    assert r.text == decode(ids) and len(ids) > 3000
+    assert max(lengths) <= 8  # a character's bytes plus one token of context, never the output
+
+
 def test_stop_string_cuts_the_streamed_text(tok) -> None:
     proc = OutputProcessor(tok, max_model_len=4096)
     r = Request("r", [1], SamplingParams(max_tokens=1000, stop=("END",)))
