@@ -5,7 +5,8 @@ the tiny model's byte-level tokenizer) drives the light replica's runner with no
 so what is timed is the core's Python work a step: scheduling the batch, committing the
 sampled tokens (prefix-cache registration of full blocks), detokenizing and the stop rules.
 On a GPU this work runs between two forwards of ~1-2 ms (bench/gpu/RESULTS.md), so it must
-stay far below that and must not grow with the context.
+stay far below that and must not grow with the context. Then the engine's own loop on its
+thread with a 1.4 ms device step: how much host time per step is not hidden behind it.
 
 python -m bench.core_bench [--quick]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import threading
 import time
 
 from bench.common import console, print_table, write_result
@@ -66,6 +68,40 @@ def run_case(batch: int, prompt_len: int, steps: int, stop: tuple[str, ...] = ()
     return out
 
 
+class _SerialRunner(SyntheticModelRunner):
+    """The same runner without `launch`: the core computes each step, then does its host
+    work (the loop before this round, and any runner that cannot start a step async)."""
+
+    def launch(self, batch):  # type: ignore[override]
+        return None
+
+
+def loop_step_ms(batch: int, device_ms: float, seconds: float = 1.5, serial: bool = False) -> dict:
+    """Wall ms a decode step of the engine's own loop (`run_loop` on its thread), the runner
+    standing in for a GPU whose step takes `device_ms` (the light replica's runner with that
+    delay, launched like the GPU runner's graph steps): the core's host work that overlaps
+    the device step does not add to it."""
+    cfg = EngineConfig(runner="synthetic", max_num_seqs=batch, max_num_batched_tokens=1 << 16,
+                       max_model_len=2048, num_kv_blocks=batch * 130)  # fmt: skip
+    runner = (_SerialRunner if serial else SyntheticModelRunner)(step_delay_s=device_ms / 1000)
+    core = EngineCore(cfg, runner, lambda msg: None)
+    loop = threading.Thread(target=core.run_loop, daemon=True)
+    loop.start()
+    rng = random.Random(batch)
+    sp = SamplingParams(max_tokens=1500, temperature=0.0, ignore_eos=True)
+    for i in range(batch):
+        core.add_request(Request(f"r{i}", [rng.randrange(256) for _ in range(256)], sp))
+    time.sleep(0.3)  # prompts done
+    s0, t0 = core.counters.steps, time.perf_counter()
+    time.sleep(seconds)
+    s1, t1 = core.counters.steps, time.perf_counter()
+    core.stop()
+    loop.join(5)
+    step_ms = (t1 - t0) / max(1, s1 - s0) * 1e3
+    return {"batch": batch, "device_ms": device_ms, "serial": serial,
+            "loop_step_ms": round(step_ms, 3), "host_ms_not_hidden": round(step_ms - device_ms, 3)}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
@@ -84,7 +120,25 @@ def main(argv: list[str] | None = None) -> None:
     rows = [[r["batch"], r["prompt_len"], r["stop_strings"], r["schedule_us"], r["commit_us"],
              r["core_us"], r["core_us_per_row"]] for r in results]  # fmt: skip
     print_table("engine core host time per decode step (light replica's runner)", cols, rows)
-    write_result("core", {"steps": steps, "cases": results})
+    loops = []
+    with console.status("engine loop with a 1.4 ms device step"):
+        for b in (8, 64, 128):
+            for serial in (True, False):
+                loops.append(loop_step_ms(b, 1.4, 0.5 if args.quick else 1.5, serial))
+    print_table(
+        "the engine's loop, device step 1.4 ms: serial vs runner launched asynchronously",
+        ["batch", "runner", "loop ms a step", "host ms not hidden"],
+        [
+            [
+                r["batch"],
+                "serial" if r["serial"] else "async launch",
+                r["loop_step_ms"],
+                r["host_ms_not_hidden"],
+            ]
+            for r in loops
+        ],
+    )
+    write_result("core", {"steps": steps, "cases": results, "loop": loops})
 
 
 if __name__ == "__main__":

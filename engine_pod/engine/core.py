@@ -129,6 +129,9 @@ class EngineCore:
         # The last steps as (step number, sequences, tokens, seconds in the forward): /v1/stats.
         self.recent_steps: deque[tuple[int, int, int, float]] = deque(maxlen=RECENT_STEPS)
         self._exec_lock = threading.Lock()  # one forward at a time; weight swaps wait for it
+        # Requests whose last token's message (its text) is not out yet: made while the next
+        # step runs on the device (`_emit_deferred`), before anything else is said about them.
+        self._deferred: list[Request] = []
         self._step_in_flight = False
         self._epoch = 0  # bumped by a forced pause: a late step's results are dropped
         self._stopping = False
@@ -139,6 +142,14 @@ class EngineCore:
     def _emit_outputs(self, outs: list[RequestOutput]) -> None:
         if outs:
             self._emit({"kind": "out", "items": [o.to_wire() for o in outs]})
+
+    def _emit_deferred(self) -> None:
+        """Detokenize and send the tokens committed without their message (lock held). Every
+        path that ends or moves a request calls this first, so its messages keep their order."""
+        if self._deferred:
+            outs = [self.outputs.render(r) for r in self._deferred]
+            self._deferred.clear()
+            self._emit_outputs(outs)
 
     def _set_state(self, state: EngineState) -> None:
         self.state = state
@@ -201,6 +212,7 @@ class EngineCore:
         """Abort by id now; each ends with its partial tokens and finish_reason 'abort'."""
         aborted, not_found = [], []
         with self.cond:
+            self._emit_deferred()
             outs = []
             held = {r.request_id: r for r in self.held}
             for rid in request_ids:
@@ -240,11 +252,13 @@ class EngineCore:
         while True:
             with self.cond:
                 while not self._stopping and not self._runnable():
+                    self._emit_deferred()
                     self.cond.wait()
                 if self._stopping:
                     return
                 step = self.scheduler.schedule()
                 if not step:
+                    self._emit_deferred()
                     self.cond.wait(0.005)  # nothing fits right now; blocks free up as requests end
                     continue
                 epoch = self._epoch
@@ -254,7 +268,11 @@ class EngineCore:
             t0 = time.perf_counter()
             try:
                 with self._exec_lock:
-                    sampled = self.runner.execute(step.work)
+                    launch = getattr(self.runner, "launch", None)
+                    wait = launch(step.work) if launch is not None else None
+                    with self.cond:  # the last step's messages: while this one runs, if it can
+                        self._emit_deferred()
+                    sampled = wait() if wait is not None else self.runner.execute(step.work)
                     if self._step_delay_s:
                         time.sleep(self._step_delay_s)
             except Exception as e:  # a failed step must not leave requests hanging
@@ -273,6 +291,7 @@ class EngineCore:
         error: Exception | None,
         seconds: float = 0.0,
     ) -> None:
+        self._emit_deferred()
         self.counters.steps += 1
         self.recent_steps.append((self.counters.steps, len(step.entries), step.num_tokens, seconds))
         outs: list[RequestOutput] = []
@@ -283,16 +302,22 @@ class EngineCore:
                     outs.append(self._abort_one(req))
         else:
             for req in self.scheduler.commit(step, sampled):
-                out = self.outputs.process_token(req)
                 self.counters.tokens_generated += 1
+                if req.sampling.stop:  # the finish needs the text: its message now
+                    outs.append(self.outputs.process_token(req))
+                else:  # finish rules without text now; the text while the next step runs
+                    reason = self.outputs.finish_reason(req)
+                    if reason is not None:
+                        req.finish(reason)
+                    self._deferred.append(req)
                 if req.is_finished:
                     self.scheduler.finish(req, req.finish_reason or FinishReason.STOP)
                     self.counters.requests_finished += 1
-                outs.append(out)
         self._emit_outputs(outs)
 
     def stop(self) -> None:
         with self.cond:
+            self._emit_deferred()
             self._stopping = True
             self.cond.notify_all()
 
@@ -334,6 +359,7 @@ class EngineCore:
             self._set_state(EngineState.DRAINING)
             t_reject = time.monotonic()
             forced = self._wait_for_step(deadline, timeout)
+            self._emit_deferred()
             t_step = time.monotonic()
             used_before = self.blocks.num_used
             settle = {

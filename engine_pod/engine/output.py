@@ -50,34 +50,55 @@ class OutputProcessor:
         req.detok_prefix, req.detok_read = req.detok_read, len(ids)
         return text[len(shown) :]
 
+    def finish_reason(self, req: Request) -> FinishReason | None:
+        """The finish rules that need no text (EOS, max_tokens, the context length), for the
+        token just appended."""
+        sp = req.sampling
+        if not sp.ignore_eos and req.output_token_ids[-1] == self.tokenizer.eos_token_id:
+            return FinishReason.STOP
+        if len(req.output_token_ids) >= sp.max_tokens or req.num_tokens >= self.max_model_len:
+            return FinishReason.LENGTH
+        return None
+
+    def render(self, req: Request) -> RequestOutput:
+        """The message for the token just appended to a request without stop strings, whose
+        finish (`finish_reason`) was already applied: the token and its text."""
+        token = req.output_token_ids[-1]
+        eos = req.finish_reason is FinishReason.STOP and token == self.tokenizer.eos_token_id
+        req.text += "" if eos else self._text_delta(req)
+        delta = req.text[req.text_sent :]
+        req.text_sent = len(req.text)
+        return self.snapshot(req, [token], delta)
+
     def process_token(self, req: Request) -> RequestOutput:
         """Called after a token was appended to `req`; decides whether it finished (does not free it).
 
         With stop strings, the last `longest stop - 1` characters are held back until the next
         token shows they do not start a stop string (or the request ends), so no streamed
         delta ever holds part of the stop string that ends the text."""
-        token = req.output_token_ids[-1]
         sp = req.sampling
+        if not sp.stop:
+            reason = self.finish_reason(req)
+            if reason is not None:
+                req.finish(reason)
+            return self.render(req)
+        token = req.output_token_ids[-1]
         new = self._text_delta(req)
         reason: FinishReason | None = None
         if not sp.ignore_eos and token == self.tokenizer.eos_token_id:
             reason, new = FinishReason.STOP, ""
-        longest = max((len(s) for s in sp.stop), default=0)
-        if new and longest:
-            # Search only where a stop string could newly end.
-            start = max(0, len(req.text) - longest + 1)
-            req.text += new
-            hits = [i for i in (req.text.find(s, start) for s in sp.stop) if i >= 0]
-            if hits:
-                req.text = req.text[: min(hits)]
-                reason = FinishReason.STOP
-        else:
-            req.text += new
+        longest = max(len(s) for s in sp.stop)
+        start = max(0, len(req.text) - longest + 1)  # where a stop string could newly end
+        req.text += new
+        hits = [i for i in (req.text.find(s, start) for s in sp.stop) if i >= 0] if new else []
+        if hits:
+            req.text = req.text[: min(hits)]
+            reason = FinishReason.STOP
         if reason is None and (
             len(req.output_token_ids) >= sp.max_tokens or req.num_tokens >= self.max_model_len
         ):
             reason = FinishReason.LENGTH
-        hold = 0 if reason is not None else max(0, longest - 1)
+        hold = 0 if reason is not None else longest - 1
         end = max(req.text_sent, len(req.text) - hold)
         delta = req.text[req.text_sent : end]
         req.text_sent = end

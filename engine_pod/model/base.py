@@ -99,6 +99,11 @@ class ModelRunner(Protocol):
         """Run one forward step over `batch`; return the sampled token for every item with `sample`."""
         ...
 
+    # Optional: `launch(batch) -> Callable[[], dict[str, int]] | None` starts a step that
+    # runs on a device asynchronously and returns a function that waits for `execute`'s
+    # answer (the engine core does host work meanwhile), or None when the step cannot start
+    # that way (then the core calls `execute`).
+
     def prepare_weights(self, path: str) -> object:
         """Load and validate a checkpoint directory; raise CheckpointError. Must not touch the serving weights."""
         ...

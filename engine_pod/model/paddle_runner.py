@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import paddle
@@ -89,15 +90,25 @@ class PaddleModelRunner:
         if self.graphs is not None:
             self.graphs.attach(self.cache, scratch_block=num_blocks)
 
+    def launch(self, batch: list[SeqWork]) -> Callable[[], dict[str, int]] | None:
+        """A decode step that replays a CUDA graph, started: the replay is queued on the GPU
+        and the returned function waits for its tokens (execute's answer). None for any
+        other step (call `execute`)."""
+        if self.graphs is None or self.cache is None or not batch:
+            return None
+        out = self.graphs.run(self.weights, batch)
+        if out is None:
+            return None
+        return lambda: self._tokens(batch, *out)
+
     def execute(self, batch: list[SeqWork]) -> dict[str, int]:
         if self.cache is None:
             raise RuntimeError("allocate_kv_cache() must be called before execute()")
         if not batch:
             return {}
-        if self.graphs is not None:
-            out = self.graphs.run(self.weights, batch)  # decode steps: a graph replay
-            if out is not None:
-                return self._tokens(batch, *out)
+        wait = self.launch(batch)  # decode steps: a graph replay
+        if wait is not None:
+            return wait()
         plan = plan_step(
             batch,
             self.cache.block_size,

@@ -15,6 +15,7 @@ import hashlib
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine_pod.model.base import SeqWork
@@ -80,15 +81,33 @@ class SyntheticModelRunner:
             tok = (tok + 1) % self._token_range
         return tok
 
+    def launch(self, batch: list[SeqWork]) -> Callable[[], dict[str, int]] | None:
+        """As the GPU runner's graph steps: the step "runs" (its delay elapses) while the
+        caller does other work; the returned function waits for the rest of it."""
+        return self._start(batch)
+
+    def _start(self, batch: list[SeqWork]) -> Callable[[], dict[str, int]]:
+        tokens = self._tokens(batch)
+        end = time.monotonic() + (self.step_delay_s if batch else 0.0)
+
+        def wait() -> dict[str, int]:
+            left = end - time.monotonic()
+            if left > 0:
+                time.sleep(left)
+            return tokens
+
+        return wait
+
     def execute(self, batch: list[SeqWork]) -> dict[str, int]:
+        return self._start(batch)()
+
+    def _tokens(self, batch: list[SeqWork]) -> dict[str, int]:
         if not self.num_blocks:
             raise RuntimeError("allocate_kv_cache() must be called before execute()")
         for w in batch:
             validate_item(
                 w, self.block_size, self.num_blocks, self.config.vocab_size, self.info.max_model_len
             )
-        if self.step_delay_s > 0 and batch:
-            time.sleep(self.step_delay_s)
         return {
             w.request_id: self._token(
                 w.token_ids[-1], w.start_pos + len(w.token_ids) - 1, w.sampling.seed
