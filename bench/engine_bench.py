@@ -79,9 +79,9 @@ async def _stats(c: httpx.AsyncClient, url: str) -> dict:
 
 
 async def decode_step_time(url: str, batch: int, max_tokens: int) -> dict:
-    """Seconds per engine step with `batch` sequences decoding (engine step counter, 1 s window).
-
-    `max_tokens` must be large enough that a fast GPU does not finish them before the window ends."""
+    """Seconds per engine step with `batch` sequences decoding (engine step counter over a
+    1 s window, cut at the last poll before any sequence finished: on a fast GPU `max_tokens`
+    may run out within it)."""
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=batch + 4)) as c:
         tasks = [
             asyncio.create_task(_stream(c, url, f"step {i}", max_tokens)) for i in range(batch)
@@ -93,8 +93,13 @@ async def decode_step_time(url: str, batch: int, max_tokens: int) -> dict:
                 break
         await asyncio.sleep(0.2)
         s0, t0 = await _stats(c, url), time.perf_counter()
-        await asyncio.sleep(1.0)
-        s1, t1 = await _stats(c, url), time.perf_counter()
+        s1, t1 = s0, t0
+        while t1 - t0 < 1.0:  # the window ends early if a sequence finishes (a fast GPU)
+            await asyncio.sleep(0.05)
+            s, t = await _stats(c, url), time.perf_counter()
+            if s["running"] < batch:
+                break
+            s1, t1 = s, t
         await c.post(url + "/v1/abort_requests", json={"abort_all": True})
         res = await asyncio.gather(*tasks)
     steps = s1["steps"] - s0["steps"]
