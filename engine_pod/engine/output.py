@@ -82,29 +82,22 @@ class OutputProcessor:
             if reason is not None:
                 req.finish(reason)
             return self.render(req)
-        token = req.output_token_ids[-1]
-        new = self._text_delta(req)
-        reason: FinishReason | None = None
-        if not sp.ignore_eos and token == self.tokenizer.eos_token_id:
-            reason, new = FinishReason.STOP, ""
+        reason = self.finish_reason(req)  # STOP here is EOS: its token has no text
+        new = "" if reason is FinishReason.STOP else self._text_delta(req)
         longest = max(len(s) for s in sp.stop)
         start = max(0, len(req.text) - longest + 1)  # where a stop string could newly end
         req.text += new
         hits = [i for i in (req.text.find(s, start) for s in sp.stop) if i >= 0] if new else []
-        if hits:
+        if hits:  # a stop string wins over the length limit of the same token
             req.text = req.text[: min(hits)]
             reason = FinishReason.STOP
-        if reason is None and (
-            len(req.output_token_ids) >= sp.max_tokens or req.num_tokens >= self.max_model_len
-        ):
-            reason = FinishReason.LENGTH
         hold = 0 if reason is not None else longest - 1
         end = max(req.text_sent, len(req.text) - hold)
         delta = req.text[req.text_sent : end]
         req.text_sent = end
         if reason is not None:
             req.finish(reason)
-        return self.snapshot(req, [token], delta)
+        return self.snapshot(req, [req.output_token_ids[-1]], delta)
 
     @staticmethod
     def snapshot(req: Request, token_ids: list[int], delta: str) -> RequestOutput:
