@@ -1707,7 +1707,7 @@ int rl_paged_attention_v2(void* out, void* part_acc, void* part_ml, const void* 
   cudaStream_t st = (cudaStream_t)stream;
 #define V2(E, MG)                                                                            \
   if (epl == E && maxg == MG)                                                                \
-    launch_k(paged_attention_v2_k<T, E, MG>, grid, 128, 0, st,                                     \
+    launch_k(paged_attention_v2_k<T, E, MG>, grid, 128, 0, st,                               \
         (T*)out, (float*)part_acc, (float*)part_ml, (const T*)q, (const T*)kc, (const T*)vc, \
         (const int64_t*)block_tables, bt_stride, (const int64_t*)seq, (const int64_t*)pos,   \
         hq, hkv, d, bs, scale, keys_per_split);
@@ -1734,7 +1734,7 @@ int rl_paged_attention_v3(void* out, void* part_acc, void* part_ml, const void* 
   cudaStream_t st = (cudaStream_t)stream;
 #define V3(LPK)                                                                               \
   if (d == 8 * LPK)                                                                           \
-    launch_k(paged_attention_v3_k<T, LPK, 8>, grid, 128, 0, st,                                     \
+    launch_k(paged_attention_v3_k<T, LPK, 8>, grid, 128, 0, st,                               \
         (T*)out, (float*)part_acc, (float*)part_ml, (const T*)q, (const T*)kc, (const T*)vc,  \
         (const int64_t*)block_tables, bt_stride, (const int64_t*)seq, (const int64_t*)pos, hq, \
         hkv, bs, scale, keys_per_split);
@@ -1763,7 +1763,7 @@ int rl_paged_attention_v4(void* out, void* part_acc, void* part_ml, void* counte
   unsigned* cnt = nsplit > 1 ? (unsigned*)counters : NULL;
 #define V4(DD)                                                                               \
   if (d == DD)                                                                               \
-    launch_k(paged_attention_v4_k<T, DD, 8>, grid, 128, 0, st,                                     \
+    launch_k(paged_attention_v4_k<T, DD, 8>, grid, 128, 0, st,                               \
         (T*)out, (float*)part_acc, (float*)part_ml, cnt, (const T*)q, (const T*)kc,          \
         (const T*)vc, (const int64_t*)block_tables, bt_stride, (const int64_t*)seq,          \
         (const int64_t*)pos, hq, hkv, bs, scale, keys_per_split);
@@ -1800,7 +1800,7 @@ int rl_paged_attention_v5(void* out, void* part_acc, void* part_ml, void* counte
       if (e != cudaSuccess) return (int)e;                                                     \
       attr = true;                                                                             \
     }                                                                                          \
-    launch_k(paged_attention_v5_k<TT, DD>, grid, 128, smem, st,                                      \
+    launch_k(paged_attention_v5_k<TT, DD>, grid, 128, smem, st,                                \
         (TT*)out, (float*)part_acc, (float*)part_ml, cnt, (const TT*)q, (const TT*)kc,         \
         (const TT*)vc, (const int64_t*)block_tables, bt_stride, (const int64_t*)seq,           \
         (const int64_t*)pos, hq, hkv, bs, scale, keys_per_split, prefetch);                    \
