@@ -46,10 +46,11 @@ class Stream:
         return reasons
 
 
-def start(delay_s: float, n: int, max_tokens: int, **cfg) -> tuple[EngineCore, Stream, dict]:
+def start(runner: SyntheticModelRunner, n: int, max_tokens: int) -> tuple[EngineCore, Stream, dict]:
+    """A core on its loop thread with `n` requests of `max_tokens` tokens each."""
     stream = Stream()
-    config = EngineConfig(runner="synthetic", max_num_seqs=n, num_kv_blocks=64 * n, **cfg)
-    core = EngineCore(config, SyntheticModelRunner(step_delay_s=delay_s), stream)
+    config = EngineConfig(runner="synthetic", max_num_seqs=n, num_kv_blocks=64 * n)
+    core = EngineCore(config, runner, stream)
     threading.Thread(target=core.run_loop, daemon=True).start()
     reqs = {}
     for i in range(n):
@@ -67,7 +68,7 @@ def wait_for(cond, timeout: float = 10.0) -> None:
 
 
 def test_streams_complete_and_in_order_when_requests_finish() -> None:
-    core, stream, reqs = start(0.002, 6, 25)
+    core, stream, reqs = start(SyntheticModelRunner(step_delay_s=0.002), 6, 25)
     wait_for(lambda: all(r.is_finished for r in reqs.values()))
     wait_for(lambda: all(m and m[-1]["f"] for m in (stream.items[i] for i in reqs)))
     core.stop()
@@ -98,16 +99,8 @@ def test_an_abort_between_commit_and_message_keeps_the_stream_whole(how: str) ->
     """Aborted (by id, or by a pause in abort mode forced past its timeout) while the last
     step's tokens are committed but their messages not yet sent: those messages go out
     first, then exactly one abort per request, no token twice or missing."""
-    stream = Stream()
     runner = GatedRunner()
-    config = EngineConfig(runner="synthetic", max_num_seqs=4, num_kv_blocks=256)
-    core = EngineCore(config, runner, stream)
-    threading.Thread(target=core.run_loop, daemon=True).start()
-    reqs = {}
-    for i in range(4):
-        r = Request(f"r{i}", [5 + i, 6, 7], SamplingParams(max_tokens=10_000, ignore_eos=True))
-        core.add_request(r)
-        reqs[r.request_id] = r
+    core, stream, reqs = start(runner, 4, 10_000)
     wait_for(lambda: all(len(r.output_token_ids) >= 5 for r in reqs.values()))
     runner.armed = True
     assert runner.entered.wait(10)
