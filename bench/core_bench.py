@@ -72,18 +72,25 @@ class _SerialRunner(SyntheticModelRunner):
     """The same runner without `launch`: the core computes each step, then does its host
     work (the loop before this round, and any runner that cannot start a step async)."""
 
-    def launch(self, batch):  # type: ignore[override]
+    def launch(self, batch, feed=False):  # type: ignore[override]
         return None
 
 
-def loop_step_ms(batch: int, device_ms: float, seconds: float = 1.5, serial: bool = False) -> dict:
+LOOP_MODES = ("serial", "async launch", "look-ahead")
+
+
+def loop_step_ms(batch: int, device_ms: float, seconds: float = 1.5, mode: str = "serial") -> dict:
     """Wall ms a decode step of the engine's own loop (`run_loop` on its thread), the runner
     standing in for a GPU whose step takes `device_ms` (the light replica's runner with that
-    delay, launched like the GPU runner's graph steps): the core's host work that overlaps
-    the device step does not add to it."""
+    delay). `serial`: the core computes each step, then does its host work; `async launch`:
+    the step is launched like the GPU runner's graph steps and the last step's messages are
+    made meanwhile; `look-ahead`: also the next step is scheduled and launched before this
+    one's tokens are back (commit, scheduling and messages all overlap the device)."""
     cfg = EngineConfig(runner="synthetic", max_num_seqs=batch, max_num_batched_tokens=1 << 16,
-                       max_model_len=2048, num_kv_blocks=batch * 130)  # fmt: skip
-    runner = (_SerialRunner if serial else SyntheticModelRunner)(step_delay_s=device_ms / 1000)
+                       max_model_len=2048, num_kv_blocks=batch * 130,
+                       lookahead=mode == "look-ahead")  # fmt: skip
+    runner_cls = _SerialRunner if mode == "serial" else SyntheticModelRunner
+    runner = runner_cls(step_delay_s=device_ms / 1000)
     core = EngineCore(cfg, runner, lambda msg: None)
     loop = threading.Thread(target=core.run_loop, daemon=True)
     loop.start()
@@ -98,7 +105,7 @@ def loop_step_ms(batch: int, device_ms: float, seconds: float = 1.5, serial: boo
     core.stop()
     loop.join(5)
     step_ms = (t1 - t0) / max(1, s1 - s0) * 1e3
-    return {"batch": batch, "device_ms": device_ms, "serial": serial,
+    return {"batch": batch, "device_ms": device_ms, "mode": mode,
             "loop_step_ms": round(step_ms, 3), "host_ms_not_hidden": round(step_ms - device_ms, 3)}  # fmt: skip
 
 
@@ -123,15 +130,15 @@ def main(argv: list[str] | None = None) -> None:
     loops = []
     with console.status("engine loop with a 1.4 ms device step"):
         for b in (8, 64, 128):
-            for serial in (True, False):
-                loops.append(loop_step_ms(b, 1.4, 0.5 if args.quick else 1.5, serial))
+            for mode in LOOP_MODES:
+                loops.append(loop_step_ms(b, 1.4, 0.5 if args.quick else 1.5, mode))
     print_table(
-        "the engine's loop, device step 1.4 ms: serial vs runner launched asynchronously",
+        "the engine's loop, device step 1.4 ms: serial, launched asynchronously, look-ahead",
         ["batch", "runner", "loop ms a step", "host ms not hidden"],
         [
             [
                 r["batch"],
-                "serial" if r["serial"] else "async launch",
+                r["mode"],
                 r["loop_step_ms"],
                 r["host_ms_not_hidden"],
             ]

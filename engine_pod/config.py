@@ -30,6 +30,8 @@ class EngineConfig:
     block_size: int = 16
     num_kv_blocks: int = 256
     enable_prefix_cache: bool = True
+    # schedule the next decode step while one runs (runners that can feed it on the device)
+    lookahead: bool = True
     control_token: str | None = None
     start_paused: bool = False
     weights_path: str | None = None
@@ -108,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-kv-blocks", type=int, default=256, help="KV cache blocks")
     p.add_argument(
         "--no-prefix-cache", action="store_true", help="disable prefix-cache reuse of full blocks"
+    )
+    p.add_argument(
+        "--no-lookahead",
+        action="store_true",
+        help="schedule each step after the last one's tokens are back (no look-ahead decode steps)",
     )
     p.add_argument(
         "--control-token",
@@ -198,6 +205,7 @@ def config_from_args(argv: list[str] | None = None) -> EngineConfig:
         block_size=a.block_size,
         num_kv_blocks=a.num_kv_blocks,
         enable_prefix_cache=not a.no_prefix_cache,
+        lookahead=not a.no_lookahead,
         control_token=a.control_token,
         start_paused=a.start_paused,
         weights_path=a.weights_path,

@@ -8,6 +8,9 @@ cuda_graphs.py; `--graphs`); the graph steps' tokens are checked against the eag
 Reported: median step time, tokens/s, and the step as a ratio to the memory-bandwidth
 limit (weights + KV bytes read per step ÷ bandwidth), for the datasheet bandwidth
 (`--hbm-tbs`, H200 4.8 TB/s) and the device-to-device copy bandwidth measured here first.
+"lookahead": the graph steps as the engine's look-ahead loop runs them (step k + 1 launched,
+its inputs fed from step k's ids on the device, before step k's tokens are waited for);
+`lookahead_x_formula` is that step ÷ (bytes ÷ 3.35 TB/s), the issue's formula.
 "graph GPU" = the captured step replayed back to back (GPU time alone); the rest of a
 graph step is the host. Time to first token: one `--ctx`-token prompt prefilled and its
 first token sampled, at batch 1. `--sampling`: also the graph step with every row sampled
@@ -33,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import paddle
 
-from engine_pod.model.base import SamplingParams, SeqWork
+from engine_pod.model.base import FEED_TOKEN, SamplingParams, SeqWork
 from engine_pod.model.paddle_runner import PaddleModelRunner
 from engine_pod.model.step_plan import plan_step
 
@@ -124,6 +127,30 @@ def decode(
         times.append(time.perf_counter() - t0)
         last = [res[f"s{i}"] for i in range(bt.b)]
         toks.append(last)
+    return times, toks
+
+
+def decode_lookahead(
+    bt: Batch, first: list[int], steps: int
+) -> tuple[list[float], list[list[int]]]:
+    """As `decode` with graphs, but as the engine's look-ahead loop runs it: step k + 1 is
+    launched (its input ids fed on the device from step k's) before step k's tokens are
+    waited for, so the host's part overlaps the GPU's. (seconds between tokens, tokens)"""
+    r = bt.runner
+    wait = r.launch(bt.work(first, bt.ctx, 1))
+    assert wait is not None, "not a graph step"
+    times, toks, t0 = [], [], time.perf_counter()
+    for k in range(1, steps + 1):
+        ahead = None
+        if k < steps:
+            ahead = r.launch(bt.work([FEED_TOKEN] * bt.b, bt.ctx + k, k + 1), feed=True)
+            assert ahead is not None, "look-ahead launch refused"
+        res = wait()
+        t1 = time.perf_counter()
+        times.append(t1 - t0)
+        t0 = t1
+        toks.append([res[f"s{i}"] for i in range(bt.b)])
+        wait = ahead
     return times, toks
 
 
@@ -282,6 +309,13 @@ def main() -> None:
                                graph_captures=graphs.captures - captures,
                                graph_gpu_ms=round(graph_gpu_ms(runner), 3),
                                graph_tokens_equal_eager=gtoks == toks and first_g == first)  # fmt: skip
+                    lt, ltoks = decode_lookahead(bt, first_g, n)
+                    lstep = statistics.median(lt[args.warm :])
+                    row.update(lookahead_step_ms=round(lstep * 1e3, 3),
+                               lookahead_tok_s=round(b / lstep, 1),
+                               lookahead_x_floor=round(lstep / floor, 2),
+                               lookahead_x_formula=round(lstep / (nbytes / 3.35e12), 2),
+                               lookahead_tokens_equal=ltoks == gtoks)  # fmt: skip
                     row.update(host_breakdown(bt, gtoks[-1], bt.ctx + n))
                     if args.sampling:
                         st, stoks = decode(bt, first_g, n, SAMPLED)

@@ -66,6 +66,10 @@ class _EngineCollector:
                 "Requests whose KV a retract pause or a weight update freed (recomputed later)",
                 s.get("requests_retracted", 0),
             ),
+            "rlfleet_lookahead_steps": (
+                "Decode steps launched before the step before them was back (look-ahead)",
+                s.get("lookahead_steps", 0),
+            ),
             "rlfleet_preemptions": (
                 "Sequences preempted for KV space (recomputed later)",
                 s["preemptions"],

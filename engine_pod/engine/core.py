@@ -86,6 +86,7 @@ class Counters:
     partial_tokens: int = 0
     step_errors: int = 0
     retracted: int = 0
+    lookahead_steps: int = 0  # decode steps launched before the step before them was back
 
 
 class EngineCore:
@@ -263,26 +264,67 @@ class EngineCore:
                     continue
                 epoch = self._epoch
                 self._step_in_flight = True
-            sampled: dict[str, int] | None = None
-            error: Exception | None = None
-            t0 = time.perf_counter()
+            self._run_steps(step, epoch)
+
+    def _run_steps(self, step: ScheduledStep, epoch: int) -> None:
+        """Run `step`; while it runs on the device, send the last step's messages and, where
+        the scheduler and runner can (`Scheduler.schedule_ahead`, the runner's `launch(...,
+        feed=True)`), launch the next decode step before this one's tokens are back, and so
+        on: the host's commit, scheduling and packing then overlap the device's work."""
+        launch = getattr(self.runner, "launch", None)
+        error: Exception | None = None
+        wait: Callable[[], dict[str, int]] | None = None
+        t0 = time.perf_counter()
+        with self._exec_lock:
             try:
-                with self._exec_lock:
-                    launch = getattr(self.runner, "launch", None)
-                    wait = launch(step.work) if launch is not None else None
-                    with self.cond:  # the last step's messages: while this one runs, if it can
-                        self._emit_deferred()
-                    sampled = wait() if wait is not None else self.runner.execute(step.work)
-                    if self._step_delay_s:
-                        time.sleep(self._step_delay_s)
+                wait = launch(step.work) if launch is not None else None
             except Exception as e:  # a failed step must not leave requests hanging
                 error = e
-                log.exception("step failed; aborting its %d requests", len(step.entries))
-            with self.cond:
-                self._step_in_flight = False
-                if epoch == self._epoch:
-                    self._finish_step(step, sampled, error, time.perf_counter() - t0)
-                self.cond.notify_all()
+            while True:
+                ahead, ahead_wait = None, None
+                with self.cond:  # the last step's messages: while this one runs, if it can
+                    self._emit_deferred()
+                    if (
+                        error is None
+                        and wait is not None
+                        and self.config.lookahead
+                        and epoch == self._epoch
+                        and not self._stopping
+                        and self.state in (EngineState.RUNNING, EngineState.REJECTING)
+                    ):
+                        ahead = self.scheduler.schedule_ahead(step)
+                if ahead is not None:
+                    try:
+                        ahead_wait = launch(ahead.work, feed=True)  # type: ignore[misc]
+                    except Exception:
+                        log.exception("look-ahead launch failed; stepping without it")
+                    if ahead_wait is None:
+                        ahead = None
+                    else:
+                        self.counters.lookahead_steps += 1
+                sampled: dict[str, int] | None = None
+                if error is None:
+                    try:
+                        sampled = wait() if wait is not None else self.runner.execute(step.work)
+                        if self._step_delay_s:
+                            time.sleep(self._step_delay_s)
+                    except Exception as e:
+                        error = e
+                if error is not None:
+                    log.exception("step failed; aborting its %d requests", len(step.entries),
+                                  exc_info=error)  # fmt: skip
+                t1 = time.perf_counter()
+                with self.cond:
+                    if ahead is None:
+                        self._step_in_flight = False
+                    if epoch == self._epoch:
+                        self._finish_step(step, sampled, error, t1 - t0)
+                    self.cond.notify_all()
+                if ahead is None:
+                    return
+                # the look-ahead step is this step now (its requests that just ended, by a
+                # failure too, are skipped at its commit)
+                step, wait, error, t0 = ahead, ahead_wait, None, t1
 
     def _finish_step(
         self,
@@ -622,5 +664,6 @@ class EngineCore:
                 "partial_tokens": c.partial_tokens,
                 "step_errors": c.step_errors,
                 "requests_retracted": c.retracted,
+                "lookahead_steps": c.lookahead_steps,
                 "recent_steps": [list(x) for x in self.recent_steps],
             }

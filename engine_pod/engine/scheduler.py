@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from engine_pod.engine.kv_cache import BlockManager
 from engine_pod.engine.request import FinishReason, Request, RequestStatus
-from engine_pod.model.base import SeqWork
+from engine_pod.model.base import FEED_TOKEN, SeqWork
 
 
 @dataclass
@@ -160,6 +160,47 @@ class Scheduler:
                 )
             )
         return step
+
+    def schedule_ahead(self, step: ScheduledStep) -> ScheduledStep | None:
+        """The decode step after `step`, scheduled while `step` still runs (look-ahead, as
+        vLLM's async scheduling and SGLang's overlap scheduler): the same requests in the
+        same order, one token each, whose input is the token `step` samples (FEED_TOKEN).
+
+        None unless every running request is in `step` as one decode token, none can finish
+        by length with that token, no waiting request could take a seat now (a look-ahead
+        never delays an admission or preempts) and the blocks are there. A request that
+        finishes on `step`'s token (EOS, a stop string, an abort) wastes its look-ahead
+        row: `commit` skips it and its blocks were freed with it.
+        """
+        if not step.entries or len(step.entries) != len(self.running):
+            return None
+        if self.waiting and len(self.running) < self.max_num_seqs:
+            return None
+        for (req, n), w in zip(step.entries, step.work, strict=True):
+            if n != 1 or not w.sample or req.status is not RequestStatus.RUNNING:
+                return None
+            if (
+                len(req.output_token_ids) + 1 >= req.sampling.max_tokens
+                or req.num_tokens + 1 >= self.max_model_len
+            ):
+                return None  # finishes by length with `step`'s token
+        for req, _ in step.entries:  # `step`'s token and the look-ahead's
+            if not self.blocks.allocate(req, 2):
+                return None  # blocks taken so far are the next steps' anyway
+        ahead = ScheduledStep(entries=[(req, 1) for req, _ in step.entries])
+        for req, _ in step.entries:
+            ahead.work.append(
+                SeqWork(
+                    request_id=req.request_id,
+                    token_ids=[FEED_TOKEN],
+                    start_pos=req.num_computed_tokens + 1,
+                    block_table=list(self.blocks.tables[req.request_id]),
+                    sample=True,
+                    sampling=req.sampling,
+                    num_generated=len(req.output_token_ids) + 1,
+                )
+            )
+        return ahead
 
     def commit(self, step: ScheduledStep, sampled: dict[str, int]) -> list[Request]:
         """Apply a finished step: advance progress, append sampled tokens. Returns requests that got a token.

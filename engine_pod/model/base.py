@@ -36,6 +36,11 @@ class SamplingParams:
         return self.temperature <= 0.0
 
 
+# A look-ahead step's input token: the token the step launched just before it samples for
+# the same request (not known on the host yet; the runner takes it where it is, on the device).
+FEED_TOKEN = -1
+
+
 @dataclass
 class SeqWork:
     """One sequence's share of a step.
@@ -99,10 +104,13 @@ class ModelRunner(Protocol):
         """Run one forward step over `batch`; return the sampled token for every item with `sample`."""
         ...
 
-    # Optional: `launch(batch) -> Callable[[], dict[str, int]] | None` starts a step that
-    # runs on a device asynchronously and returns a function that waits for `execute`'s
-    # answer (the engine core does host work meanwhile), or None when the step cannot start
-    # that way (then the core calls `execute`).
+    # Optional: `launch(batch, feed=False) -> Callable[[], dict[str, int]] | None` starts a
+    # step that runs on a device asynchronously and returns a function that waits for
+    # `execute`'s answer (the engine core does host work meanwhile), or None when the step
+    # cannot start that way (then the core calls `execute`). With `feed=True` (a look-ahead
+    # step) every item is one decode token, FEED_TOKEN, of exactly the previous launch's
+    # requests in its order: each input is the token that launch samples; None if the
+    # runner cannot feed it (the core then drops the look-ahead step; never run it eagerly).
 
     def prepare_weights(self, path: str) -> object:
         """Load and validate a checkpoint directory; raise CheckpointError. Must not touch the serving weights."""

@@ -15,6 +15,10 @@ is captured once as a CUDA graph (`paddle.device.cuda.graphs.CUDAGraph`) and rep
 - captured lazily, on a shape's first step (an eager warm-up on padding rows first, so
   cuBLAS has its handles and workspaces). Eager steps remain for prefill and mixed steps,
   batches over the largest bucket, and any shape whose capture failed.
+- look-ahead steps (`feed`): the engine core launches step N + 1 before N's tokens are
+  back; its input ids are copied on the device from N's sampled ids (same requests, same
+  order), and each step's ids come back through pinned memory and an event, so waiting
+  for N does not wait for N + 1 queued behind it.
 - weights: `PaddleModelRunner.swap_weights` copies new weights into the tensors the graphs
   read, so the graphs stay valid across updates; a new KV cache (`allocate_kv_cache`)
   drops every graph (`attach`).
@@ -30,7 +34,7 @@ from typing import Any
 import numpy as np
 import paddle
 
-from engine_pod.model.base import SamplingParams, SeqWork
+from engine_pod.model.base import FEED_TOKEN, SamplingParams, SeqWork
 from engine_pod.model.llama import DecoderWeights, PagedDecoder, PagedKVCache
 from engine_pod.model.ops.cuda import CudaOps, stride_bucket
 from engine_pod.model.sampler import device_rows
@@ -74,6 +78,7 @@ def pack_decode(
     vocab_size: int,
     max_len: int,
     buckets: list[int],
+    feed: bool = False,
 ) -> tuple[np.ndarray, tuple[int, int]] | None:
     """A decode step straight into a graph's input buffer: (buffer, (batch bucket, stride)).
 
@@ -82,7 +87,8 @@ def pack_decode(
     step's host time): one Python pass a field, the block tables flattened by one C-level
     iteration and scattered through a mask. None when the step is not a graph's (a prefill
     chunk, a row not sampled, too many rows) or fails validation: then the caller plans it
-    the usual way, which runs it eagerly or raises the planner's ValueError.
+    the usual way, which runs it eagerly or raises the planner's ValueError. With `feed`
+    every token must be FEED_TOKEN (written as 0: the caller copies the ids in on the device).
     """
     n = len(batch)
     if not 0 < n <= buckets[-1]:
@@ -90,6 +96,10 @@ def pack_decode(
     if not all([len(w.token_ids) == 1 and w.sample for w in batch]):
         return None
     ids = np.array([w.token_ids[0] for w in batch], dtype=np.int64)
+    if feed:
+        if (ids != FEED_TOKEN).any():
+            return None
+        ids[:] = 0
     pos = np.array([w.start_pos for w in batch], dtype=np.int64)
     tables = [w.block_table for w in batch]
     lens = np.array(list(map(len, tables)), dtype=np.int64)
@@ -132,6 +142,46 @@ def pack_decode(
     return buf, (bucket, stride)
 
 
+class HostIds:
+    """Pinned host memory for a graph step's input and its sampled ids, and an event after
+    them: the host waits for that step alone, not for a look-ahead step queued behind it."""
+
+    def __init__(self, ops: CudaOps) -> None:
+        self.ops = ops
+        self.event = ops.event()
+        self.input = ops.pinned_int64(0)
+        self.ids = ops.pinned_int64(0)
+        self.pending = False
+        self.n = 0
+
+    def wait(self) -> None:
+        if self.pending:
+            self.ops.event_wait(self.event)
+            self.pending = False
+
+    def stage(self, buf: np.ndarray) -> np.ndarray:
+        """`buf` copied into pinned memory (the copy to the device is then asynchronous)."""
+        if self.input.size < buf.size:
+            self.input = self.ops.pinned_int64(buf.size)
+        out = self.input[: buf.size]
+        out[:] = buf
+        return out
+
+    def queue_ids(self, ids: paddle.Tensor, n: int) -> HostIds:
+        """Queue ids[:n] back to the host, then the event (on the stream, after the step)."""
+        if self.ids.size < n:
+            self.ids = self.ops.pinned_int64(max(n, int(ids.shape[0])))
+        self.ops.ids_to_host(self.ids, ids, n)
+        self.ops.event_record(self.event)
+        self.pending, self.n = True, n
+        return self
+
+    def tokens(self) -> list[int]:
+        """The step's sampled ids, once it is done."""
+        self.wait()
+        return self.ids[: self.n].tolist()
+
+
 @dataclass
 class _Graph:
     graph: Any  # paddle.device.cuda.graphs.CUDAGraph
@@ -151,6 +201,9 @@ class DecodeGraphs:
         self.cache: PagedKVCache | None = None
         self.scratch = 0
         self.captures = self.replays = 0
+        self._slots = [HostIds(ops), HostIds(ops)]  # a step in flight and the one after it
+        # the last replay's (request ids, sampled ids on the device): a `feed` step's input
+        self.last: tuple[list[str], paddle.Tensor] | None = None
 
     def attach(self, cache: PagedKVCache, scratch_block: int) -> None:
         """Use a new KV cache (its block `scratch_block` is reserved for padding rows)."""
@@ -162,19 +215,25 @@ class DecodeGraphs:
         for g in self.graphs.values():
             g.graph.reset()
         self.graphs.clear()
+        self.last = None
         self.failed.clear()
 
     def run(
-        self, weights: DecoderWeights, batch: list[SeqWork]
-    ) -> tuple[paddle.Tensor, paddle.Tensor] | None:
-        """Run a decode step from its graph (capturing it first if new): (logits, ids) with
-        the batch's rows first, in batch order; None when it is not a graph's step (see
-        `pack_decode`) or its shape cannot be captured: run it eagerly then."""
+        self, weights: DecoderWeights, batch: list[SeqWork], feed: bool = False
+    ) -> tuple[paddle.Tensor, paddle.Tensor, HostIds] | None:
+        """Queue a decode step from its graph (capturing it first if new): (logits, ids,
+        host ids) with the batch's rows first, in batch order; `HostIds.wait()` returns the
+        ids once the step is done. With `feed`, the batch is the last run's requests in
+        order and their input ids are that run's sampled ids. None when it is not a graph's
+        step (see `pack_decode`) or its shape cannot be captured: run it eagerly then."""
         if self.cache is None:
+            return None
+        order = [w.request_id for w in batch]
+        if feed and (self.last is None or self.last[0] != order):
             return None
         cfg = self.decoder.cfg
         packed = pack_decode(batch, self.cache.block_size, self.scratch, cfg.vocab_size,
-                             cfg.max_position_embeddings, self.buckets)  # fmt: skip
+                             cfg.max_position_embeddings, self.buckets, feed)  # fmt: skip
         if packed is None:
             return None
         buf, key = packed
@@ -192,10 +251,16 @@ class DecodeGraphs:
         if buf.size != int(g.meta.shape[0]):
             raise RuntimeError(f"graph input {buf.size} != captured {g.meta.shape[0]}")
         self.ops.refresh_stream()
-        self.ops.copy_to_device(g.meta, buf)
+        slot = self._slots[self.replays % len(self._slots)]
+        slot.wait()  # its last step is done (always so when each launch is waited in turn)
+        self.ops.copy_to_device(g.meta, slot.stage(buf))
+        if feed:
+            assert self.last is not None
+            self.ops.copy_ids(g.meta, self.last[1], len(batch))  # ids sit first in the input
         g.graph.replay()
         self.replays += 1
-        return g.logits, g.ids
+        self.last = (order, g.ids)
+        return g.logits, g.ids, slot.queue_ids(g.ids, len(batch))
 
     def _capture(self, weights: DecoderWeights, batch: int, stride: int) -> _Graph:
         from paddle.device.cuda.graphs import CUDAGraph

@@ -90,16 +90,28 @@ class PaddleModelRunner:
         if self.graphs is not None:
             self.graphs.attach(self.cache, scratch_block=num_blocks)
 
-    def launch(self, batch: list[SeqWork]) -> Callable[[], dict[str, int]] | None:
+    def launch(
+        self, batch: list[SeqWork], feed: bool = False
+    ) -> Callable[[], dict[str, int]] | None:
         """A decode step that replays a CUDA graph, started: the replay is queued on the GPU
         and the returned function waits for its tokens (execute's answer). None for any
-        other step (call `execute`)."""
+        other step (call `execute`). `feed`: a look-ahead step whose inputs are the tokens
+        the last launch samples (base.py), copied on the device; only when the tokens are
+        drawn on the device."""
         if self.graphs is None or self.cache is None or not batch:
             return None
-        out = self.graphs.run(self.weights, batch)
+        on_device = self.device_sampling or all(
+            w.sampling.greedy or w.sampling.top_k == 1 for w in batch
+        )
+        if feed and not on_device:
+            return None
+        out = self.graphs.run(self.weights, batch, feed)
         if out is None:
             return None
-        return lambda: self._tokens(batch, *out)
+        logits, ids, host = out
+        if on_device:  # the ids come back through pinned memory: wait for this step only
+            return lambda: {w.request_id: t for w, t in zip(batch, host.tokens(), strict=True)}
+        return lambda: self._tokens(batch, logits, ids)
 
     def execute(self, batch: list[SeqWork]) -> dict[str, int]:
         if self.cache is None:
@@ -109,6 +121,8 @@ class PaddleModelRunner:
         wait = self.launch(batch)  # decode steps: a graph replay
         if wait is not None:
             return wait()
+        if self.graphs is not None:
+            self.graphs.last = None  # an eager step: no look-ahead step may feed from a graph's
         plan = plan_step(
             batch,
             self.cache.block_size,

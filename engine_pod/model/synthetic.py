@@ -16,9 +16,9 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from engine_pod.model.base import SeqWork
+from engine_pod.model.base import FEED_TOKEN, SeqWork
 from engine_pod.model.hf_config import model_info
 from engine_pod.model.loader import CheckedCheckpoint, check_checkpoint, validate_update
 from engine_pod.model.step_plan import validate_item
@@ -65,6 +65,8 @@ class SyntheticModelRunner:
         self.block_size = 0
         # Fake tokens stay inside what the tokenizer can decode.
         self._token_range = min(self.config.vocab_size, self.tokenizer.vocab_size)
+        self._last_sampled: dict[str, int] = {}  # the last step's tokens, in batch order
+        self._device_free_at = 0.0  # monotonic time the launched steps' delays end
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         if num_blocks <= 0 or block_size <= 0:
@@ -81,14 +83,28 @@ class SyntheticModelRunner:
             tok = (tok + 1) % self._token_range
         return tok
 
-    def launch(self, batch: list[SeqWork]) -> Callable[[], dict[str, int]] | None:
+    def launch(
+        self, batch: list[SeqWork], feed: bool = False
+    ) -> Callable[[], dict[str, int]] | None:
         """As the GPU runner's graph steps: the step "runs" (its delay elapses) while the
-        caller does other work; the returned function waits for the rest of it."""
+        caller does other work; the returned function waits for the rest of it. A `feed`
+        step's inputs are the tokens the previous launch sampled (base.py)."""
+        if feed:
+            prev = self._last_sampled
+            if [w.request_id for w in batch] != list(prev) or not all(
+                w.token_ids == [FEED_TOKEN] for w in batch
+            ):
+                return None
+            batch = [replace(w, token_ids=[prev[w.request_id]]) for w in batch]
         return self._start(batch)
 
     def _start(self, batch: list[SeqWork]) -> Callable[[], dict[str, int]]:
+        self._last_sampled = {}  # a failed step feeds nothing
         tokens = self._tokens(batch)
-        end = time.monotonic() + (self.step_delay_s if batch else 0.0)
+        self._last_sampled = tokens
+        # one device: a step launched while another runs starts when that one ends
+        start = max(time.monotonic(), self._device_free_at)
+        end = self._device_free_at = start + (self.step_delay_s if batch else 0.0)
 
         def wait() -> dict[str, int]:
             left = end - time.monotonic()

@@ -77,6 +77,27 @@ def test_pack_decode_declines_what_is_not_a_graph_step() -> None:
     assert _pack([ok[0], ok[0]]) is None  # a request twice
 
 
+def test_pack_decode_feed_leaves_the_ids_to_the_device() -> None:
+    """A look-ahead step's rows carry FEED_TOKEN: packed as 0 (the runner copies the last
+    step's sampled ids over them on the device), everything else as for known tokens; a
+    feed step with a real token, or a FEED_TOKEN without feed, is refused."""
+    from engine_pod.model.base import FEED_TOKEN
+    from engine_pod.model.cuda_graphs import batch_buckets, pack_decode
+
+    def pack(batch, feed):
+        return pack_decode(batch, 4, 64, 100, 256, batch_buckets(8), feed)
+
+    sp = SamplingParams(temperature=0.5, seed=3)
+    rows = [SeqWork(f"f{i}", [FEED_TOKEN], 5 + i, [2 * i, 2 * i + 1], True, sp, 4)
+            for i in range(3)]  # fmt: skip
+    fed, key = pack(rows, True)
+    known, key2 = pack([SeqWork(w.request_id, [0], w.start_pos, w.block_table, True, sp, 4)
+                        for w in rows], False)  # fmt: skip
+    assert key == key2 and fed.tolist() == known.tolist()
+    assert pack(rows, False) is None
+    assert pack([SeqWork("k", [5], 6, [0, 1], True)], True) is None
+
+
 def test_device_rows_layout() -> None:
     rows = device_rows(
         [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,12 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rl_select_part_bytes": [],
     "rl_h2d": [_P, _P, _I64, _P],
     "rl_d2d": [_P, _P, _I64, _P],
+    "rl_d2h": [_P, _P, _I64, _P],
+    "rl_host_alloc": [_P, _I64],
+    "rl_host_free": [_P],
+    "rl_event_create": [_P],
+    "rl_event_record": [_P, _P],
+    "rl_event_sync": [_P],
     "rl_sample": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _I, _P],
     "rl_paged_attention_v3": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v4": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
@@ -346,6 +353,39 @@ class CudaOps(DecoderOps):
         """Overwrite a device tensor in place from host memory (on the stream; graph inputs)."""
         host = np.ascontiguousarray(host)
         self._call("rl_h2d", dst.data_ptr(), host.ctypes.data, host.nbytes, self.stream)
+
+    def copy_ids(self, dst: paddle.Tensor, src: paddle.Tensor, n: int) -> None:
+        """dst[:n] = src[:n] for int64 device tensors, on the stream (a step's sampled ids
+        into the next step's input)."""
+        if n > int(dst.shape[0]) or n > int(src.shape[0]):
+            raise ValueError(f"copy_ids: {n} ids into {dst.shape} from {src.shape}")
+        self._call("rl_d2d", dst.data_ptr(), src.data_ptr(), 8 * n, self.stream)
+
+    def pinned_int64(self, n: int) -> np.ndarray:
+        """`n` int64 of page-locked host memory (copies to and from it are asynchronous);
+        freed when the array is."""
+        p = ctypes.c_void_p()
+        self._call("rl_host_alloc", ctypes.byref(p), 8 * max(n, 1))
+        arr = np.ctypeslib.as_array((ctypes.c_int64 * max(n, 1)).from_address(p.value))[:n]
+        weakref.finalize(arr, self.lib.rl_host_free, p)
+        return arr
+
+    def ids_to_host(self, dst: np.ndarray, src: paddle.Tensor, n: int) -> None:
+        """Queue src[:n] (int64, device) into pinned `dst` on the stream; wait with an event."""
+        self._call("rl_d2h", dst.ctypes.data, src.data_ptr(), 8 * n, self.stream)
+
+    def event(self) -> ctypes.c_void_p:
+        """A CUDA event (a runner keeps a few for its whole life)."""
+        ev = ctypes.c_void_p()
+        self._call("rl_event_create", ctypes.byref(ev))
+        return ev
+
+    def event_record(self, ev: ctypes.c_void_p) -> None:
+        self._call("rl_event_record", ev, self.stream)
+
+    def event_wait(self, ev: ctypes.c_void_p) -> None:
+        """Block until the stream reached `ev` (not what was queued after it)."""
+        self._call("rl_event_sync", ev)
 
     def embed(self, table: paddle.Tensor, st: CudaStep) -> paddle.Tensor:
         dt = dtype_name(table)

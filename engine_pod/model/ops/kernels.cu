@@ -1595,7 +1595,7 @@ static void combine_splits(void* out, void* part_acc, void* part_ml, int tokens,
 
 extern "C" {
 
-int rl_version() { return 6; }
+int rl_version() { return 7; }
 
 // programmatic dependent launches on (1, the default) or off (0); returns the old setting
 int rl_set_pdl(int on) {
@@ -1865,5 +1865,26 @@ int rl_d2d(void* dst, const void* src, int64_t nbytes, void* stream) {
   cudaMemcpyAsync(dst, src, (size_t)nbytes, cudaMemcpyDeviceToDevice, (cudaStream_t)stream);
   return (int)cudaGetLastError();
 }
+
+// device → host copy on the stream (into pinned memory: returns at once)
+int rl_d2h(void* dst, const void* src, int64_t nbytes, void* stream) {
+  cudaMemcpyAsync(dst, src, (size_t)nbytes, cudaMemcpyDeviceToHost, (cudaStream_t)stream);
+  return (int)cudaGetLastError();
+}
+
+// pinned (page-locked) host memory: copies from / to it are truly asynchronous
+int rl_host_alloc(void** out, int64_t nbytes) {
+  return (int)cudaHostAlloc(out, (size_t)nbytes, cudaHostAllocDefault);
+}
+int rl_host_free(void* p) { return (int)cudaFreeHost(p); }
+
+// events: a point in a stream the host can wait for without waiting for what follows it
+int rl_event_create(void** out) {
+  return (int)cudaEventCreateWithFlags((cudaEvent_t*)out, cudaEventDisableTiming);
+}
+int rl_event_record(void* ev, void* stream) {
+  return (int)cudaEventRecord((cudaEvent_t)ev, (cudaStream_t)stream);
+}
+int rl_event_sync(void* ev) { return (int)cudaEventSynchronize((cudaEvent_t)ev); }
 
 }  // extern "C"
