@@ -72,9 +72,10 @@ def greedy(url: str, max_tokens: int = 32) -> dict:
     }
 
 
-def run_model(name: str, device: str, model: str | None, max_tokens: int, log_path: str) -> dict:
+def run_model(name: str, device: str, model: str | None, max_tokens: int, log_path: str,
+              extra: list[str]) -> dict:  # fmt: skip
     flags = ["--device", device, "--max-num-seqs", str(RUNNING), "--num-kv-blocks", "1024"]
-    flags += ["--max-model-len", str(max_tokens + 24)]
+    flags += ["--max-model-len", str(max_tokens + 24), *extra]
     if model:
         flags += ["--model", model]
     out: dict = {"model": name, "engine_flags": flags}
@@ -135,6 +136,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=1000, help="per load request")
     ap.add_argument("--model-05b", default="/tmp/qwen05b", help="written if missing")
     ap.add_argument("--out", default=None, help="JSON path")
+    ap.add_argument("--engine-args", default="", help="more engine flags, e.g. --no-lookahead")
     ap.add_argument("--log-dir", default=None, help="engine logs (default: next to --out)")
     args = ap.parse_args()
     log_dir = args.log_dir or (os.path.dirname(os.path.abspath(args.out)) if args.out else "/tmp")
@@ -168,7 +170,8 @@ def main() -> int:
                     )  # fmt: skip
                     print(f"[05b] wrote {model} in {time.perf_counter() - t:.1f}s", flush=True)
             log = os.path.join(log_dir, f"engine_{name}.log")
-            res[name] = run_model(name, args.device, model, args.max_tokens, log)
+            res[name] = run_model(name, args.device, model, args.max_tokens, log,
+                                  args.engine_args.split())  # fmt: skip
             ok = ok and res[name]["ok"]
         except Exception as e:
             traceback.print_exc()
