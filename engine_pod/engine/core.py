@@ -15,7 +15,8 @@ Three threads share one lock (`self.cond`): the engine process's I/O thread
 admits and aborts requests, the control thread runs pause / resume / weight
 updates, and the loop thread runs steps. The model forward runs *outside* the
 lock, so control never waits on the model except where the contract says so:
-a pause waits for the in-flight step (bounded by its timeout), then aborts every
+a pause waits for the in-flight step (with look-ahead decode steps, the one
+launched behind it too; bounded by its timeout), then aborts every
 request through the same output path as tokens, so a client always sees its
 tokens followed by exactly one terminal message.
 """
