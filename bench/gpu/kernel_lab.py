@@ -1,6 +1,6 @@
 """The CUDA kernels alone on the lent GPU, without Paddle: correctness and GPU time.
 
-    OUT=/tmp/out python bench/gpu/kernel_lab.py [--only attn,select,gemm,layer,cold]
+    OUT=/tmp/out python bench/gpu/kernel_lab.py [--only attn,select,gemm,layer,cold,splitk]
 
 One device call, no payload: the device image has nvcc and PyTorch but no Paddle, so this
 builds `engine_pod/model/ops/kernels.cu` with nvcc (ops/build.py's flags) and drives the
@@ -21,7 +21,8 @@ rules), selection at 1…128 rows of 151936 logits, and cuBLAS bf16 GEMMs of the
 shape's layer for scale. `layer`: 24 decoder layers as the engine's unfused path runs them,
 in one CUDA graph, with plain and programmatic dependent launches (outputs equal bit for
 bit), and the GEMMs / our kernels alone; `cold`: each layer GEMM with cold weights (cuBLAS
-and ops/gemm.cuh). Writes $OUT/lab.json.
+and ops/gemm.cuh); `splitk`: the same at M = 64 as cuBLAS batched GEMMs over K-slices (no
+kernel library needed). Writes $OUT/lab.json.
 """
 
 from __future__ import annotations
@@ -580,13 +581,67 @@ def gemm_timing() -> None:
     RESULTS["timing"]["gemm_us"] = rows
 
 
+def splitk_timing() -> None:
+    """GPU µs of each layer GEMM at M = 64 with cold weights (24 copies cycled): cuBLAS's own
+    choice vs the same product as a strided batch of `s` K-slices (cuBLAS batched GEMM: s
+    times the blocks) plus the sum of the s partial outputs (torch's kernel here; an engine
+    would fold it into the next add + RMSNorm)."""
+    from gemm_lab import SHAPES
+
+    rows = []
+    for name, (n, k) in SHAPES.items():
+        rows_n = 2 * n if name == "gate_up" else n
+        ws = [torch.randn(rows_n, k, device="cuda").to(torch.bfloat16) * 0.02 for _ in range(24)]
+        x = torch.randn(64, k, device="cuda").to(torch.bfloat16)
+        out = torch.empty(64, rows_n, device="cuda", dtype=torch.bfloat16)
+        r: dict = {"shape": name, "M": 64, "weight_MB": round(rows_n * k * 2 / 1e6, 2)}
+
+        def plain(x=x, ws=ws, out=out) -> None:
+            for w in ws:
+                torch.matmul(x, w.t(), out=out)
+
+        r["cublas"] = round(graph_us(plain, launches=1) / len(ws), 2)
+        for sp in (2, 4, 7, 8, 16, 19):
+            ks = k // sp
+            if k % sp or ks % 8:  # 16-byte aligned slices
+                continue
+            xs = x.view(64, sp, ks).permute(1, 0, 2)  # [s, 64, ks], no copy
+            parts = torch.empty(sp, 64, rows_n, device="cuda", dtype=torch.bfloat16)
+            wts = [w.view(rows_n, sp, ks).permute(1, 2, 0) for w in ws]  # [s, ks, N] views
+
+            def batched(xs=xs, wts=wts, parts=parts) -> None:
+                for wt in wts:
+                    torch.bmm(xs, wt, out=parts)
+
+            def split(xs=xs, wts=wts, parts=parts, out=out) -> None:
+                for wt in wts:
+                    torch.bmm(xs, wt, out=parts)
+                    torch.sum(parts, dim=0, out=out)
+
+            try:
+                r[f"bmm_s{sp}"] = round(graph_us(batched, launches=1) / len(ws), 2)
+                r[f"bmm_sum_s{sp}"] = round(graph_us(split, launches=1) / len(ws), 2)
+            except RuntimeError as e:
+                r[f"s{sp}_error"] = str(e)[:200]
+        ref = torch.matmul(x.double(), ws[0].double().t())
+        half = k // 2
+        got = torch.bmm(x.view(64, 2, half).permute(1, 0, 2),
+                        ws[0].view(rows_n, 2, half).permute(1, 2, 0)).double().sum(0)  # fmt: skip
+        r["split2_max_rel_err"] = float((got - ref).abs().max() / ref.abs().max())
+        rows.append(r)
+        print(r, flush=True)
+    RESULTS["timing"]["splitk_us"] = rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="attn,select,gemm")
     args = ap.parse_args()
     out_dir = os.environ.get("OUT", "/tmp")
-    lib = build("/tmp/rl_lab.so", SIGS)
     parts = args.only.split(",")
+    lib = build("/tmp/rl_lab.so", SIGS) if set(parts) - {"splitk", "gemm"} else None
+    if "splitk" in parts:
+        splitk_timing()
     for name, fn in [("attn", attn_checks), ("select", select_checks)]:
         if name in parts:
             fn(lib)
