@@ -282,27 +282,11 @@ class EngineCore:
             except Exception as e:  # a failed step must not leave requests hanging
                 error = e
             while True:
-                ahead, ahead_wait = None, None
                 with self.cond:  # the last step's messages: while this one runs, if it can
                     self._emit_deferred()
-                    if (
-                        error is None
-                        and wait is not None
-                        and self.config.lookahead
-                        and epoch == self._epoch
-                        and not self._stopping
-                        and self.state in (EngineState.RUNNING, EngineState.REJECTING)
-                    ):
-                        ahead = self.scheduler.schedule_ahead(step)
-                if ahead is not None:
-                    try:
-                        ahead_wait = launch(ahead.work, feed=True)  # type: ignore[misc]
-                    except Exception:
-                        log.exception("look-ahead launch failed; stepping without it")
-                    if ahead_wait is None:
-                        ahead = None
-                    else:
-                        self.counters.lookahead_steps += 1
+                ahead, ahead_wait = None, None
+                if error is None and wait is not None and launch is not None:
+                    ahead, ahead_wait = self._launch_ahead(step, epoch, launch)
                 sampled: dict[str, int] | None = None
                 if error is None:
                     try:
@@ -326,6 +310,32 @@ class EngineCore:
                 # the look-ahead step is this step now (its requests that just ended, by a
                 # failure too, are skipped at its commit)
                 step, wait, error, t0 = ahead, ahead_wait, None, t1
+
+    def _launch_ahead(
+        self, step: ScheduledStep, epoch: int, launch: Callable
+    ) -> tuple[ScheduledStep | None, Callable[[], dict[str, int]] | None]:
+        """Schedule and launch the decode step after `step` (still running), if look-ahead
+        is on, the engine runs, and the scheduler and runner can; else (None, None)."""
+        with self.cond:
+            if (
+                not self.config.lookahead
+                or epoch != self._epoch
+                or self._stopping
+                or self.state not in (EngineState.RUNNING, EngineState.REJECTING)
+            ):
+                return None, None
+            ahead = self.scheduler.schedule_ahead(step)
+        if ahead is None:
+            return None, None
+        try:
+            ahead_wait = launch(ahead.work, feed=True)
+        except Exception:
+            log.exception("look-ahead launch failed; stepping without it")
+            return None, None
+        if ahead_wait is None:
+            return None, None
+        self.counters.lookahead_steps += 1
+        return ahead, ahead_wait
 
     def _finish_step(
         self,
