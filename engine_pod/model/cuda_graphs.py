@@ -222,7 +222,7 @@ class DecodeGraphs:
         self, weights: DecoderWeights, batch: list[SeqWork], feed: bool = False
     ) -> tuple[paddle.Tensor, paddle.Tensor, HostIds] | None:
         """Queue a decode step from its graph (capturing it first if new): (logits, ids,
-        host ids) with the batch's rows first, in batch order; `HostIds.wait()` returns the
+        host ids) with the batch's rows first, in batch order; `HostIds.tokens()` returns the
         ids once the step is done. With `feed`, the batch is the last run's requests in
         order and their input ids are that run's sampled ids. None when it is not a graph's
         step (see `pack_decode`) or its shape cannot be captured: run it eagerly then."""
