@@ -208,6 +208,7 @@ def check_shape(ck: Checker, hidden: int, heads: int, kv: int, d: int, inter: in
     # o / down + residual, against the CPU path's unfused ops
     if dtype == "bfloat16" and not DRY:
         check_fused(ck, case, pair, back, hidden, heads, kv, d, inter, eps)
+        check_stream(ck, case, pair, back, hidden, heads, kv, d, inter)
     # logits (in the model's dtype on the device; widened for the host) and greedy argmax,
     # straight from those logits and from a float32 copy
     _, r_c, r_g = pair(S, hidden)
@@ -251,6 +252,21 @@ def check_fused(ck: Checker, case: str, pair, back, hidden: int, heads: int, kv:
                 gpu.linear_residual(res_g, a_g, w_g)
                 want = x + C(cpu.linear, a_c, w_c).numpy()
                 ck.record(f"fused.{name}_residual", c, dtype, back(res_g), want)
+
+
+def check_stream(ck: Checker, case: str, pair, back, hidden: int, heads: int, kv: int, d: int,
+                 inter: int) -> None:  # fmt: skip
+    """The streaming GEMMs (gemm_stream.cuh) behind `linear` at 17..64 rows (bf16)."""
+    gpu, cpu, dtype = ck.gpu, ck.cpu, "bfloat16"
+    shapes = {"qkv": ((heads + 2 * kv) * d, hidden), "o": (hidden, heads * d),
+              "down": (hidden, inter)}  # fmt: skip
+    for m in (17, 32, 33, 64):
+        for name, (n, k) in shapes.items():
+            if gpu.stream_gemm(m, n, k, dtype):
+                _, a_c, a_g = pair(m, k)
+                _, w_c, w_g = pair(n, k, scale=k**-0.5)
+                got, want = back(gpu.linear(a_g, w_g)), C(cpu.linear, a_c, w_c).numpy()
+                ck.record(f"stream.{name}", f"{case} M={m}", dtype, got, want)
 
 
 def check_argmax_ties(ck: Checker) -> None:

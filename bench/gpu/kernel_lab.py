@@ -1,6 +1,6 @@
 """The CUDA kernels alone on the lent GPU, without Paddle: correctness and GPU time.
 
-    OUT=/tmp/out python bench/gpu/kernel_lab.py [--only attn,select,gemm,layer,cold,splitk]
+    OUT=/tmp/out python bench/gpu/kernel_lab.py [--only attn,select,gemm,layer,cold,splitk,stream]
 
 One device call, no payload: the device image has nvcc and PyTorch but no Paddle, so this
 builds `engine_pod/model/ops/kernels.cu` with nvcc (ops/build.py's flags) and drives the
@@ -46,6 +46,9 @@ SIGS = {
     "rl_paged_attention_v5": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _I, _P],
     "rl_set_pdl": [_I],
     "rl_gemm_ex": [_P, _P, _P, _P, _P, _P, _F, _I, _I, _I, _I, _I, _I, _P],
+    "rl_stream_gemm": [_P, _P, _P, _I, _I, _I, _I, _P],
+    "rl_stream_gemm_splits": [_I, _I, _I],
+    "rl_stream_gemm_dbg": [_P, _P, _P, _I, _I, _I, _I, _I, _P],
     "rl_rms_norm": [_P, _P, _P, _P, _P, _P, _I, _I, _F, _I, _P],
     "rl_silu_mul": [_P, _P, ctypes.c_int64, _I, _I, _P],
     "rl_qkv_rope_cache": [_P] * 10 + [_I] * 6 + [_P],
@@ -280,13 +283,20 @@ class LayerChain:
         self.counters = torch.zeros(1 << 16, dtype=torch.int32, device="cuda")
         self.prefetch = 1
         self.parts = {"gemm", "ours"}  # what run() launches: cuBLAS GEMMs, our kernels
+        self.stream_gemm = False  # the GEMMs gemm_stream.cuh takes on it, the rest on cuBLAS
 
     def _rc(self, rc: int, name: str) -> None:
         if rc:
             raise RuntimeError(f"{name}: CUDA error {rc}")
 
     def _mm(self, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
-        if "gemm" in self.parts:
+        if "gemm" not in self.parts:
+            return
+        m, (n, k) = a.shape[0], w.shape
+        if self.stream_gemm and self.lib.rl_stream_gemm_splits(m, n, k):
+            self._rc(self.lib.rl_stream_gemm(ptr(out), ptr(a), ptr(w), m, n, k, 0, stream()),
+                     "stream_gemm")  # fmt: skip
+        else:
             torch.matmul(a, w.t(), out=out)
 
     def run(self) -> None:
@@ -400,6 +410,121 @@ def cold_gemm_timing(lib) -> None:
     RESULTS["timing"]["cold_gemm_us"] = rows
 
 
+def stream_gemm_lab(lib) -> None:
+    """gemm_stream.cuh against a float64 reference (every split count and stage count it
+    takes, rows 1..64, nothing written past row M, the same bits twice) and, with cold
+    weights (24 copies cycled), its GPU µs beside cuBLAS's, as a chain of plain launches and
+    of programmatic dependent launches (each GEMM's weight copies start during the one
+    before it)."""
+    from gemm_lab import SHAPES
+
+    torch.manual_seed(0)
+    for name, (n, k) in SHAPES.items():
+        rows_n = 2 * n if name == "gate_up" else n
+        w = (torch.randn(rows_n, k, device="cuda") * 0.05).to(torch.bfloat16)
+        for m in (1, 5, 16, 17, 32, 33, 48, 64):
+            auto = lib.rl_stream_gemm_splits(m, rows_n, k)
+            if name == "gate_up":
+                check(
+                    "stream_gemm_declines", auto == 0, f"{name} M={m}: splits {auto} (0 = cuBLAS)"
+                )
+                continue
+            x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+            ref = x.double() @ w.double().t()
+            cub = (x @ w.t()).double()
+            tol = float((cub - ref).abs().max()) * 2 + 1e-6
+            bad = []
+            for sp in [0] + [s_ for s_ in (1, 2, 3, 4, 7, 8) if s_ != auto]:
+                out = torch.full((m + 1, rows_n), 7.0, device="cuda", dtype=torch.bfloat16)
+                rc = lib.rl_stream_gemm(ptr(out), ptr(x), ptr(w), m, rows_n, k, sp, stream())
+                if rc == 801 and sp:
+                    continue
+                torch.cuda.synchronize()
+                err = float((out[:m].double() - ref).abs().max()) if not rc else float("inf")
+                if rc or err > tol or not bool((out[m] == 7.0).all()):
+                    bad.append(f"s{sp} rc={rc} err={err:.3g}")
+                if sp == 0:
+                    again = torch.full_like(out, 7.0)
+                    lib.rl_stream_gemm(ptr(again), ptr(x), ptr(w), m, rows_n, k, 0, stream())
+                    torch.cuda.synchronize()
+                    if not torch.equal(out, again):
+                        bad.append("not deterministic")
+            check(
+                "stream_gemm",
+                not bad and auto > 0,
+                f"{name} M={m} auto splits {auto}: max err within 2x cuBLAS's ({tol:.2e}) "
+                f"{'; '.join(bad[:4])}",
+            )
+
+    rows = []
+    for name, (n, k) in SHAPES.items():
+        if name == "gate_up":
+            continue
+        ws = [torch.randn(n, k, device="cuda").to(torch.bfloat16) * 0.02 for _ in range(24)]
+        for m in (32, 64):
+            x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+            out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+            r: dict = {"shape": name, "M": m, "splits": lib.rl_stream_gemm_splits(m, n, k),
+                       "floor_us": round(n * k * 2 / 4.8e6, 2)}  # fmt: skip
+
+            def cublas(x=x, ws=ws, out=out) -> None:
+                for w in ws:
+                    torch.matmul(x, w.t(), out=out)
+
+            def ours(x=x, ws=ws, out=out, m=m, n=n, k=k, sp=0, name=name) -> None:
+                for w in ws:
+                    rc = lib.rl_stream_gemm(ptr(out), ptr(x), ptr(w), m, n, k, sp, stream())
+                    if rc:
+                        raise RuntimeError(f"rl_stream_gemm {name}: {rc}")
+
+            r["cublas"] = round(graph_us(cublas, launches=1) / len(ws), 2)
+            for pdl in (0, 1):
+                lib.rl_set_pdl(pdl)
+                r[f"stream_pdl{pdl}"] = round(graph_us(ours, launches=1) / len(ws), 2)
+            for sp in (2, 4, 8):
+                try:
+                    r[f"s{sp}"] = round(
+                        graph_us(lambda sp=sp: ours(sp=sp), launches=1) / len(ws), 2
+                    )
+                except RuntimeError:
+                    pass
+            rows.append(r)
+            print(r, flush=True)
+    lib.rl_set_pdl(1)
+    RESULTS["timing"]["stream_gemm_us"] = rows
+
+
+def stream_parts_lab(lib) -> None:
+    """Where a streaming GEMM's time goes: GPU µs (cold weights, PDL chain) with parts of the
+    kernel skipped (bit 0 weight copies, 1 x copies, 2 products, 3 merge)."""
+    from gemm_lab import SHAPES
+
+    rows = []
+    for name in ("qkv", "o", "down"):
+        n, k = SHAPES[name]
+        ws = [torch.randn(n, k, device="cuda").to(torch.bfloat16) * 0.02 for _ in range(24)]
+        x = torch.randn(64, k, device="cuda").to(torch.bfloat16)
+        out = torch.empty(64, n, device="cuda", dtype=torch.bfloat16)
+        for sp in (0, 1, 2, 4):
+            r: dict = {"shape": name, "splits": sp or lib.rl_stream_gemm_splits(64, n, k)}
+            for dbg in (0, 1, 2, 4, 8, 15):
+
+                def f(sp=sp, dbg=dbg, n=n, k=k, x=x, ws=ws, out=out) -> None:
+                    for w in ws:
+                        rc = lib.rl_stream_gemm_dbg(ptr(out), ptr(x), ptr(w), 64, n, k, sp, dbg,
+                                                    stream())  # fmt: skip
+                        if rc:
+                            raise RuntimeError(f"stream_gemm_dbg {rc}")
+
+                try:
+                    r[f"dbg{dbg}"] = round(graph_us(f, launches=1) / len(ws), 2)
+                except RuntimeError as e:
+                    r[f"dbg{dbg}"] = str(e)
+            rows.append(r)
+            print(r, flush=True)
+    RESULTS["timing"]["stream_parts_us"] = rows
+
+
 def layer_lab(lib) -> None:
     """The layer chain in a CUDA graph with plain launches, programmatic dependent launches
     (PDL) and PDL + v5's early first tile: GPU µs a layer, and the outputs (fresh inputs each
@@ -436,6 +561,25 @@ def layer_lab(lib) -> None:
         for mode, *_ in modes[1:]:
             same = all(torch.equal(a, b) for a, b in zip(outs["plain"], outs[mode], strict=True))
             check("layer_chain_pdl", same, f"B={B} {mode}: outputs = plain launches' bit for bit")
+        if B <= 64:  # the streaming GEMMs for what they take (qkv, o, down), PDL + prefetch
+            chain.stream_gemm, chain.prefetch = True, 1
+            graph = chain.capture()
+            row["stream_gemm_us_per_layer"] = round(replay_us(graph) / chain.layers, 2)
+            errs = []
+            for x, ref in zip(inputs, outs["plain"], strict=True):
+                chain.x0.copy_(x)
+                graph.replay()
+                got = torch.cat([chain.dn, chain.x]).double()
+                errs.append(float((got - ref.double()).abs().max() / ref.double().abs().max()))
+            torch.cuda.synchronize()
+            row["stream_gemm_max_rel_diff"] = max(errs)
+            check(
+                "layer_chain_stream_gemm",
+                max(errs) < 0.05,
+                f"B={B}: 24 layers on streaming GEMMs vs cuBLAS, max rel diff {max(errs):.2e}",
+            )
+            del graph
+            chain.stream_gemm = False
         rows.append(row)
         print(row, flush=True)
         del chain
@@ -639,7 +783,9 @@ def main() -> None:
     args = ap.parse_args()
     out_dir = os.environ.get("OUT", "/tmp")
     parts = args.only.split(",")
-    lib = build("/tmp/rl_lab.so", SIGS) if set(parts) - {"splitk", "gemm"} else None
+    prebuilt = os.environ.get("RL_LAB_LIB")  # a library built elsewhere with ops/build.py
+    need = set(parts) - {"splitk", "gemm"}
+    lib = build(prebuilt or "/tmp/rl_lab.so", SIGS, reuse=bool(prebuilt)) if need else None
     if "splitk" in parts:
         splitk_timing()
     for name, fn in [("attn", attn_checks), ("select", select_checks)]:
@@ -651,6 +797,10 @@ def main() -> None:
         select_timing(lib)
     if "gemm" in parts:
         gemm_timing()
+    if "stream" in parts:
+        stream_gemm_lab(lib)
+    if "parts" in parts:
+        stream_parts_lab(lib)
     if "layer" in parts:
         layer_lab(lib)
     if "cold" in parts:

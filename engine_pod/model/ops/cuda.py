@@ -61,6 +61,8 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rl_gemm_norm": [_P, _P, _P, _P, _P, _F, _P, _I, _I, _I, _P, _P, _P],
     "rl_gemm_norm_silu": [_P, _P, _P, _P, _P, _F, _P, _I, _I, _I, _P, _P, _P],
     "rl_gemm_residual": [_P, _P, _P, _I, _I, _I, _P, _P, _P],
+    "rl_stream_gemm": [_P, _P, _P, _I, _I, _I, _I, _P],
+    "rl_stream_gemm_splits": [_I, _I, _I],
     "rl_paged_attention_v2": [
         _P,
         _P,
@@ -98,6 +100,10 @@ SELECT_COUNTERS = 1 << 15
 # cuBLAS + separate kernels, which are faster there (bench/gpu/RESULTS.md). 0: never.
 FUSED_GEMM_ROWS = int(os.environ.get("RLFLEET_FUSED_GEMM_ROWS", "16"))
 _GEMM_NORM, _GEMM_RES, _GEMM_NORM_SILU = 1, 2, 5  # gemm.cuh flags: prologue / epilogue
+# bf16 GEMMs of at most this many rows (and more than the fused path's) run on the streaming
+# kernel (gemm_stream.cuh: weight copies start before the previous kernel ends) when it takes
+# the shape (a decoder's qkv / o / down; not gate_up or the LM head); the rest on cuBLAS. 0: never.
+STREAM_GEMM_ROWS = int(os.environ.get("RLFLEET_STREAM_GEMM_ROWS", "0"))
 _GREEDY = SamplingParams(temperature=0.0)
 
 
@@ -225,6 +231,8 @@ class CudaOps(DecoderOps):
         # rounded down to a graph bucket: a batch and its padded graph must decide alike
         self.fused_gemm_rows = max([0] + [b for b in BATCH_BUCKETS if b <= FUSED_GEMM_ROWS])
         self._fused_ok: dict[tuple[int, ...], bool] = {}
+        self.stream_gemm_rows = max([0] + [b for b in BATCH_BUCKETS if b <= STREAM_GEMM_ROWS])
+        self._stream_ok: dict[tuple[int, int, int], bool] = {}
         self.counters = self.zeros([ATTN_COUNTERS + SELECT_COUNTERS], "int32")
         self.synchronize()
 
@@ -414,10 +422,27 @@ class CudaOps(DecoderOps):
                    n, h, eps, _CODE[dt], self.stream)  # fmt: skip
         return x, out
 
+    def stream_gemm(self, m: int, n: int, k: int, dtype: str) -> bool:
+        """Does x[m, k] . w[n, k]^T run on the streaming kernel? bf16, at most
+        `stream_gemm_rows` rows (a graph bucket, so a batch and its padded graph decide
+        alike; a row's result does not depend on the row count), a shape it takes."""
+        if not 0 < m <= self.stream_gemm_rows or dtype != "bfloat16":
+            return False
+        key = (min(m, 33) // 33, n, k)  # its split rule sees only M <= 32 or not
+        if key not in self._stream_ok:
+            self._stream_ok[key] = self.lib.rl_stream_gemm_splits(m, n, k) > 0
+        return self._stream_ok[key]
+
     def linear(
         self, x: paddle.Tensor, w: paddle.Tensor, b: paddle.Tensor | None = None
     ) -> paddle.Tensor:
-        y = paddle.matmul(x, w, transpose_y=True)
+        m, k, n = int(x.shape[0]), int(x.shape[1]), int(w.shape[0])
+        if self.stream_gemm(m, n, k, dtype_name(x)):
+            y = self._empty([m, n], "bfloat16")
+            self._call("rl_stream_gemm", y.data_ptr(), x.data_ptr(), w.data_ptr(), m, n, k, 0,
+                       self.stream)  # fmt: skip
+        else:
+            y = paddle.matmul(x, w, transpose_y=True)
         if b is not None:
             dt = dtype_name(y)
             n = int(np.prod(y.shape))

@@ -1576,6 +1576,14 @@ static void launch_k(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, c
   cudaLaunchKernelEx(&cfg, kernel, ((P)args)...);  // errors: cudaGetLastError in the caller
 }
 
+#include "gemm_stream.cuh"  // streaming GEMMs for 17..64-row decode steps, with their launcher
+
+static int num_sms() {  // of the current device, cached
+  static int n = 0;
+  if (!n && cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess) n = 132;
+  return n;
+}
+
 // split-K attention's partials merged by a second launch (attn_combine_k), when the splits
 // did not merge in their own launch
 template <typename T>
@@ -1595,7 +1603,24 @@ static void combine_splits(void* out, void* part_acc, void* part_ml, int tokens,
 
 extern "C" {
 
-int rl_version() { return 7; }
+int rl_version() { return 8; }
+
+// out[M, N] = bf16(x[M, K] . W[N, K]^T) on the streaming kernel (gemm_stream.cuh), launched as
+// a programmatic dependent launch when PDL is on; splits 0: the default.
+// 801 (cudaErrorNotSupported): a shape it does not take (use cuBLAS).
+int rl_stream_gemm(void* out, const void* x, const void* w, int M, int N, int K, int splits,
+                   void* stream) {
+  return stream::gemm(out, x, w, M, N, K, splits, num_sms(), g_pdl, (cudaStream_t)stream);
+}
+
+// lab only: rl_stream_gemm with parts of the kernel skipped (gemm_stream.cuh Params.dbg)
+int rl_stream_gemm_dbg(void* out, const void* x, const void* w, int M, int N, int K, int splits,
+                       int dbg, void* stream) {
+  return stream::gemm(out, x, w, M, N, K, splits, num_sms(), g_pdl, (cudaStream_t)stream, dbg);
+}
+
+// the split count rl_stream_gemm would use for these sizes (0: not taken)
+int rl_stream_gemm_splits(int M, int N, int K) { return stream::pick_splits(M, N, K, num_sms()); }
 
 // programmatic dependent launches on (1, the default) or off (0); returns the old setting
 int rl_set_pdl(int on) {
