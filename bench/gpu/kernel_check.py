@@ -178,6 +178,15 @@ def check_shape(ck: Checker, hidden: int, heads: int, kv: int, d: int, inter: in
     ck.record("qkv_rope.q", case, dtype, back(q_g), q_c.numpy())
     ck.record("qkv_rope.kcache", case, dtype, back(kc_g), kc_c.numpy())
     ck.record("qkv_rope.vcache", case, dtype, back(vc_g), vc_c.numpy())
+    # the same through the streaming GEMM's RoPE epilogue (bf16 steps of its size)
+    if dtype == "bfloat16" and not DRY and gpu.stream_gemm(T, int(wq_g.shape[0]), hidden, dtype):
+        kc2_c, kc2_g = ck.cpu_t(kc0), ck.gpu_t(kc0, dtype)
+        vc2_c, vc2_g = ck.cpu_t(vc0), ck.gpu_t(vc0, dtype)
+        q_c = C(cpu.qkv_rope_cache, C(cpu.linear, x_c, wq_c), b_c, st_c, kc2_c, vc2_c)
+        q_g = gpu.qkv_rope_linear(x_g, wq_g, b_g, st_g, kc2_g, vc2_g)
+        ck.record("stream.qkv_rope.q", case, dtype, back(q_g), q_c.numpy())
+        ck.record("stream.qkv_rope.kcache", case, dtype, back(kc2_g), kc2_c.numpy())
+        ck.record("stream.qkv_rope.vcache", case, dtype, back(vc2_g), vc2_c.numpy())
     # paged attention (decode rows + prefill chunks in one launch) over those caches
     _, qa_c, qa_g = pair(T, heads, d, scale=2.0)
     ref = C(cpu.attention, qa_c, kc_c, vc_c, st_c).numpy()

@@ -49,6 +49,7 @@ SIGS = {
     "rl_stream_gemm": [_P, _P, _P, _I, _I, _I, _I, _P],
     "rl_stream_gemm_splits": [_I, _I, _I],
     "rl_stream_gemm_dbg": [_P, _P, _P, _I, _I, _I, _I, _I, _P],
+    "rl_stream_gemm_rope": [_P, _P, _P, _I, _I, _I] + [_P] * 8 + [_I] * 5 + [_P],
     "rl_rms_norm": [_P, _P, _P, _P, _P, _P, _I, _I, _F, _I, _P],
     "rl_silu_mul": [_P, _P, ctypes.c_int64, _I, _I, _P],
     "rl_qkv_rope_cache": [_P] * 10 + [_I] * 6 + [_P],
@@ -308,13 +309,22 @@ class LayerChain:
                 delta = ptr(self.dn) if li else None
                 self._rc(lib.rl_rms_norm(ptr(self.hbuf), ptr(self.x), ptr(self.x), delta, None,
                                          ptr(w["n1"]), B, h, self.eps, 1, stream()), "norm")  # fmt: skip
-            self._mm(self.hbuf, w["qkv"], self.qkv)
-            if ours:
+            fused = self.stream_gemm == "rope" and "gemm" in self.parts and ours
+            if fused:
+                self._rc(lib.rl_stream_gemm_rope(
+                    ptr(self.q), ptr(self.hbuf), ptr(w["qkv"]), B, w["qkv"].shape[0], h,
+                    ptr(w["b"]), ptr(self.cos), ptr(self.sin), ptr(self.pos), ptr(self.slot_b),
+                    ptr(self.slot_o), ptr(self.kc[li]), ptr(self.vc[li]), hq, hkv, d, bs, 0,
+                    stream()), "stream_gemm_rope")  # fmt: skip
+            else:
+                self._mm(self.hbuf, w["qkv"], self.qkv)
+            if ours and not fused:
                 self._rc(lib.rl_qkv_rope_cache(ptr(self.q), ptr(self.qkv), ptr(w["b"]),
                                                ptr(self.cos), ptr(self.sin), ptr(self.pos),
                                                ptr(self.slot_b), ptr(self.slot_o), ptr(self.kc[li]),
                                                ptr(self.vc[li]), B, hq, hkv, d, bs, 1, stream()),
                          "rope")  # fmt: skip
+            if ours:
                 self._rc(lib.rl_paged_attention_v5(
                     ptr(self.attn), ptr(self.pa), ptr(self.pm), ptr(self.counters), ptr(self.q),
                     ptr(self.kc[li]), ptr(self.vc[li]), ptr(self.tables), self.stride,
@@ -456,6 +466,50 @@ def stream_gemm_lab(lib) -> None:
                 f"{'; '.join(bad[:4])}",
             )
 
+    # the RoPE epilogue = rl_stream_gemm then rl_qkv_rope_cache, bit for bit (q, K and V slots)
+    for B in (17, 33, 64):
+        for d, hq, hkv in ((64, 14, 2), (16, 4, 2), (32, 8, 8)):
+            h, nq = 896 if d == 64 else 256, (hq + 2 * hkv) * d
+            wq = (torch.randn(nq, h, device="cuda") * 0.05).to(torch.bfloat16)
+            bias = (torch.randn(nq, device="cuda") * 0.1).to(torch.bfloat16)
+            x = torch.randn(B, h, device="cuda").to(torch.bfloat16)
+            ctx, bs = 300, 16
+            ang = (
+                torch.arange(ctx, dtype=torch.float64)[:, None]
+                * (1.0 / (1e6 ** (torch.arange(0, d, 2, dtype=torch.float64) / d)))[None, :]
+            )
+            ang = torch.cat([ang, ang], dim=1)
+            cos, sin = ang.cos().to(torch.bfloat16).cuda(), ang.sin().to(torch.bfloat16).cuda()
+            pos = torch.randint(0, ctx, (B,), dtype=torch.int64, device="cuda")
+            perm = torch.randperm(B * 4, device="cuda")[:B]  # distinct slots
+            slot_b, slot_o = perm // bs, perm % bs
+            nb = B * 4 // bs + 1
+            res = []
+            for fused in (False, True):
+                kc = torch.zeros(nb, bs, hkv, d, dtype=torch.bfloat16, device="cuda")
+                vc = torch.zeros_like(kc)
+                q = torch.zeros(B, hq * d, dtype=torch.bfloat16, device="cuda")
+                args = (ptr(bias), ptr(cos), ptr(sin), ptr(pos), ptr(slot_b), ptr(slot_o),
+                        ptr(kc), ptr(vc), hq, hkv, d, bs)  # fmt: skip
+                if fused:
+                    rc = lib.rl_stream_gemm_rope(
+                        ptr(q), ptr(x), ptr(wq), B, nq, h, *args, 0, stream()
+                    )
+                else:
+                    qkv = torch.empty(B, nq, dtype=torch.bfloat16, device="cuda")
+                    rc = lib.rl_stream_gemm(ptr(qkv), ptr(x), ptr(wq), B, nq, h, 0, stream())
+                    rc = rc or lib.rl_qkv_rope_cache(ptr(q), ptr(qkv), *args[:-6], ptr(kc), ptr(vc),
+                                                     B, hq, hkv, d, bs, 1, stream())  # fmt: skip
+                torch.cuda.synchronize()
+                res.append((rc, q, kc, vc))
+            same = all(torch.equal(a, b) for a, b in zip(res[0][1:], res[1][1:], strict=True))
+            check(
+                "stream_gemm_rope",
+                res[0][0] == 0 and res[1][0] == 0 and same,
+                f"B={B} d={d} hq={hq} hkv={hkv}: rc {res[0][0]}/{res[1][0]}, fused = two "
+                f"launches bit for bit: {same}",
+            )
+
     rows = []
     for name, (n, k) in SHAPES.items():
         if name == "gate_up":
@@ -577,6 +631,22 @@ def layer_lab(lib) -> None:
                 "layer_chain_stream_gemm",
                 max(errs) < 0.05,
                 f"B={B}: 24 layers on streaming GEMMs vs cuBLAS, max rel diff {max(errs):.2e}",
+            )
+            del graph
+            chain.stream_gemm = "rope"  # + qkv bias, RoPE and the KV write in qkv's epilogue
+            graph = chain.capture()
+            row["stream_rope_us_per_layer"] = round(replay_us(graph) / chain.layers, 2)
+            errs = []
+            for x, ref in zip(inputs, outs["plain"], strict=True):
+                chain.x0.copy_(x)
+                graph.replay()
+                got = torch.cat([chain.dn, chain.x]).double()
+                errs.append(float((got - ref.double()).abs().max() / ref.double().abs().max()))
+            torch.cuda.synchronize()
+            check(
+                "layer_chain_stream_rope",
+                max(errs) < 0.05,
+                f"B={B}: 24 layers, RoPE in qkv's epilogue vs cuBLAS, max rel diff {max(errs):.2e}",
             )
             del graph
             chain.stream_gemm = False

@@ -178,7 +178,7 @@ class PagedDecoder:
             if delta is not None:
                 x, h = ops.add_rms_norm(x, delta, lw.input_norm, eps)
             kc, vc = cache.k[li], cache.v[li]
-            q = ops.qkv_rope_cache(ops.linear(h, lw.qkv), lw.qkv_bias, st, kc, vc)
+            q = ops.qkv_rope_linear(h, lw.qkv, lw.qkv_bias, st, kc, vc)
             attn = ops.attention(q, kc, vc, st)
             x, h = ops.add_rms_norm(x, ops.linear(attn, lw.o, lw.o_bias), lw.post_norm, eps)
             delta = ops.linear(ops.silu_mul(ops.linear(h, lw.gate_up)), lw.down)

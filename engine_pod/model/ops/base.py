@@ -64,6 +64,14 @@ class DecoderOps(ABC):
     ) -> paddle.Tensor:
         """x @ w.T (+ b); w in HF [out, in] layout."""
 
+    def qkv_rope_linear(
+        self, h: paddle.Tensor, w: paddle.Tensor, bias: paddle.Tensor | None, st: Any,
+        kc: paddle.Tensor, vc: paddle.Tensor,
+    ) -> paddle.Tensor:  # fmt: skip
+        """`qkv_rope_cache(linear(h, w), ...)`: the qkv projection, bias, RoPE and the KV
+        write (ops may do it in fewer launches, with the same results)."""
+        return self.qkv_rope_cache(self.linear(h, w), bias, st, kc, vc)
+
     @abstractmethod
     def qkv_rope_cache(
         self,

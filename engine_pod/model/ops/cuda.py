@@ -63,6 +63,7 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rl_gemm_residual": [_P, _P, _P, _I, _I, _I, _P, _P, _P],
     "rl_stream_gemm": [_P, _P, _P, _I, _I, _I, _I, _P],
     "rl_stream_gemm_splits": [_I, _I, _I],
+    "rl_stream_gemm_rope": [_P, _P, _P, _I, _I, _I] + [_P] * 8 + [_I] * 5 + [_P],
     "rl_paged_attention_v2": [
         _P,
         _P,
@@ -449,6 +450,29 @@ class CudaOps(DecoderOps):
             self._call("rl_add_bias", y.data_ptr(), b.data_ptr(), n, int(b.shape[0]), _CODE[dt],
                        self.stream)  # fmt: skip
         return y
+
+    def qkv_rope_linear(
+        self,
+        h: paddle.Tensor,
+        w: paddle.Tensor,
+        bias: paddle.Tensor | None,
+        st: CudaStep,
+        kc: paddle.Tensor,
+        vc: paddle.Tensor,
+    ) -> paddle.Tensor:
+        cfg = st.cfg
+        m, k, n = int(h.shape[0]), int(h.shape[1]), int(w.shape[0])
+        if not self.stream_gemm(m, n, k, dtype_name(h)) or 64 % cfg.head_dim:
+            return self.qkv_rope_cache(self.linear(h, w), bias, st, kc, vc)
+        q = self._empty([m, cfg.num_heads, cfg.head_dim], "bfloat16")
+        self._call(
+            "rl_stream_gemm_rope", q.data_ptr(), h.data_ptr(), w.data_ptr(), m, n, k,
+            bias.data_ptr() if bias is not None else None,
+            st.rope.cos.data_ptr(), st.rope.sin.data_ptr(), st.pos, st.slot_b, st.slot_o,
+            kc.data_ptr(), vc.data_ptr(), cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+            st.block_size, 0, self.stream,
+        )  # fmt: skip
+        return q
 
     def qkv_rope_cache(
         self,

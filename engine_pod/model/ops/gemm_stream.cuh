@@ -42,6 +42,16 @@ struct Params {
   int ks;          // K / 16
   int rs;          // shared row stride, elements (the largest k range of a split + PAD)
   int dbg;         // lab only: bit 0 skip weight copies, 1 x copies, 2 products, 3 merge
+  // ROPE epilogue (the qkv projection): as qkv_rope_cache_k on the bf16 product
+  const bf16* bias;  // [N] or NULL
+  const bf16* cos_t;
+  const bf16* sin_t;
+  const int64_t* pos;
+  const int64_t* slot_b;
+  const int64_t* slot_o;
+  bf16* kc;
+  bf16* vc;
+  int hq, hkv, d, bs;  // out = q [M, hq * d]
 };
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
@@ -74,8 +84,10 @@ __device__ __forceinline__ void cluster_wait() {
 // x rows a block's partial sums are pushed for: owner(m) = m % S, slot m / S
 __host__ __device__ constexpr int owned_rows(int MR, int S) { return (MR + S - 1) / S; }
 
-// MR: x rows a block holds (32 or 64; M <= MR)
-template <int MR>
+// MR: x rows a block holds (32 or 64; M <= MR). ROPE: the block's bf16 outputs get qkv
+// bias + RoPE + the paged-KV write of qkv_rope_cache_k instead of going to `out` as they are
+// (needs d | BN: a tile holds whole heads).
+template <int MR, bool ROPE>
 __global__ void __launch_bounds__(THREADS, 2) stream_gemm_k(const Params p) {
   constexpr int NT = MR / 16;  // n-tiles (8 x rows) of a warp: MR / 2 rows
   extern __shared__ __align__(16) unsigned char smem[];
@@ -99,6 +111,22 @@ __global__ void __launch_bounds__(THREADS, 2) stream_gemm_k(const Params p) {
     }
   cp_async_commit();
   if (S > 1) cluster_arrive_relaxed();  // this block runs (peers write into it at step 4)
+  // ROPE: the cos / sin entries of this block's rows (m = split + S lr) and the KV slots —
+  // step inputs written before the step's first kernel, so also readable before the wait
+  float* rope_s = recv + S * 2 * RO * BN;  // [2][RO][BN]: cos, sin
+  int64_t* slot_s = reinterpret_cast<int64_t*>(rope_s + 2 * RO * BN);  // [RO]
+  if constexpr (ROPE) {
+    for (int u = tid; u < RO * BN; u += THREADS) {
+      const int lr = u / BN, c = u - lr * BN, m = lr * S + split;
+      if (m < M) {
+        const int j = (tile * BN + c) % p.d;
+        const int64_t ps = p.pos[m];
+        rope_s[u] = to_f(p.cos_t[ps * p.d + j]);
+        rope_s[RO * BN + u] = to_f(p.sin_t[ps * p.d + j]);
+        if (c == 0) slot_s[lr] = p.slot_b[m] * p.bs + p.slot_o[m];
+      }
+    }
+  }
 
   // 2. the x slice, once the kernel before this one has written it (rows >= M: not read
   // into any output)
@@ -174,6 +202,7 @@ __global__ void __launch_bounds__(THREADS, 2) stream_gemm_k(const Params p) {
   // 5. this block's x rows: the partials summed in split order, bf16 out
   constexpr int QPR = BN / 4;  // 4-column groups a row
   const int mine = split < M ? (M - 1 - split) / S + 1 : 0;
+  float* os = reinterpret_cast<float*>(smem);  // ROPE: [RO][BN] the bf16 products, over ws
   for (int u = tid; u < mine * QPR; u += THREADS) {
     const int lr = u / QPR, q = u - lr * QPR, m = lr * S + split;
     float a[4] = {0.f, 0.f, 0.f, 0.f};
@@ -183,16 +212,46 @@ __global__ void __launch_bounds__(THREADS, 2) stream_gemm_k(const Params p) {
           *reinterpret_cast<const float4*>(recv + ((sp * 2 + 1) * RO + lr) * BN + 4 * q);
       a[0] += v0.x + v1.x, a[1] += v0.y + v1.y, a[2] += v0.z + v1.z, a[3] += v0.w + v1.w;
     }
-    *reinterpret_cast<uint2*>(p.out + (size_t)m * p.N + tile * BN + 4 * q) =
-        make_uint2(skinny::pack2(a[0], a[1]), skinny::pack2(a[2], a[3]));
+    if constexpr (ROPE) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) os[lr * BN + 4 * q + e] = rnd<bf16>(a[e]);
+    } else {
+      *reinterpret_cast<uint2*>(p.out + (size_t)m * p.N + tile * BN + 4 * q) =
+          make_uint2(skinny::pack2(a[0], a[1]), skinny::pack2(a[2], a[3]));
+    }
+  }
+  if constexpr (ROPE) {  // qkv_rope_cache_k's arithmetic, element by element
+    __syncthreads();
+    const int d = p.d, half = d / 2, hq = p.hq, hkv = p.hkv;
+    for (int u = tid; u < mine * BN; u += THREADS) {
+      const int lr = u / BN, c = u - lr * BN, m = lr * S + split, col = tile * BN + c;
+      const int head = col / d, j = col - head * d;
+      float a = os[u];
+      if (p.bias) a = rnd<bf16>(a + to_f(p.bias[col]));
+      const int64_t slot = slot_s[lr];
+      if (head < hq + hkv) {
+        const int pc = j < half ? c + half : c - half;
+        float pv = os[lr * BN + pc];
+        if (p.bias) pv = rnd<bf16>(pv + to_f(p.bias[tile * BN + pc]));
+        const float rot = j < half ? -pv : pv;
+        const float r = rnd<bf16>(rnd<bf16>(a * rope_s[u]) + rnd<bf16>(rot * rope_s[RO * BN + u]));
+        if (head < hq)
+          p.out[((int64_t)m * hq + head) * d + j] = from_f<bf16>(r);
+        else
+          p.kc[(slot * hkv + (head - hq)) * d + j] = from_f<bf16>(r);
+      } else {
+        p.vc[(slot * hkv + (head - hq - hkv)) * d + j] = from_f<bf16>(a);
+      }
+    }
   }
 }
 
 // ---------------------------------------------------------------- host side
-inline size_t smem_bytes(int MR, int K, int S) {
-  const int ks = K / 16, maxks = (ks + S - 1) / S;
+inline size_t smem_bytes(int MR, int K, int S, bool rope = false) {
+  const int ks = K / 16, maxks = (ks + S - 1) / S, ro = owned_rows(MR, S);
   const size_t rs = (size_t)maxks * 16 + PAD;
-  return (BN + MR) * rs * 2 + (size_t)S * 2 * owned_rows(MR, S) * BN * 4;
+  const size_t rope_b = rope ? (size_t)2 * ro * BN * 4 + (size_t)ro * 8 : 0;
+  return (BN + MR) * rs * 2 + (size_t)S * 2 * ro * BN * 4 + rope_b;
 }
 
 // The split count for a launch (0: not taken): the most splits (<= 8, each >= 2 k16 steps)
@@ -201,16 +260,16 @@ inline int pick_splits(int M, int N, int K, int sms) {
   if (M < 1 || M > 64 || N % BN || K % 16 || N <= 0) return 0;
   const int MR = M <= 32 ? 32 : 64, tiles = N / BN, ks = K / 16;
   for (int S = MAX_SPLIT; S >= 1; --S) {
-    const size_t bytes = smem_bytes(MR, K, S);
+    const size_t bytes = smem_bytes(MR, K, S, true);  // the larger (ROPE) of the two
     const int per_sm = bytes * 2 <= (size_t)SMEM_MAX ? 2 : 1;
     if (ks >= 2 * S && bytes <= (size_t)SMEM_MAX && tiles * S <= per_sm * sms) return S;
   }
   return 0;
 }
 
-template <int MR>
+template <int MR, bool ROPE>
 int launch_mr(const Params& p, int S, bool pdl, cudaStream_t st) {
-  auto kern = stream_gemm_k<MR>;
+  auto kern = stream_gemm_k<MR, ROPE>;
   static bool attr = false;  // raise the dynamic shared memory limit once (outside captures)
   if (!attr) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_MAX);
@@ -220,7 +279,7 @@ int launch_mr(const Params& p, int S, bool pdl, cudaStream_t st) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3((unsigned)S, (unsigned)(p.N / BN), 1);
   cfg.blockDim = dim3(THREADS, 1, 1);
-  cfg.dynamicSmemBytes = smem_bytes(MR, p.K, S);
+  cfg.dynamicSmemBytes = smem_bytes(MR, p.K, S, ROPE);
   cfg.stream = st;
   cudaLaunchAttribute at[2];
   int n = 0;
@@ -244,28 +303,38 @@ int launch_mr(const Params& p, int S, bool pdl, cudaStream_t st) {
 
 inline bool aligned16(const void* q) { return ((uintptr_t)q & 15) == 0; }
 
-// splits 0: pick_splits
-inline int gemm(void* out, const void* x, const void* w, int M, int N, int K, int splits,
-                int sms, bool pdl, cudaStream_t st, int dbg = 0) {
+// splits 0: pick_splits. rope: p's ROPE fields are set (out = q); else they are ignored.
+inline int gemm(Params p, int splits, int sms, bool pdl, cudaStream_t st, bool rope) {
+  const int M = p.M, N = p.N, K = p.K;
   if (M == 0) return 0;
   const int auto_s = pick_splits(M, N, K, sms);
-  if (!auto_s || !out || !x || !w || !aligned16(out) || !aligned16(x) || !aligned16(w))
+  if (!auto_s || !p.out || !p.x || !p.w || !aligned16(p.out) || !aligned16(p.x) ||
+      !aligned16(p.w))
+    return (int)cudaErrorNotSupported;
+  if (rope && (p.d <= 0 || BN % p.d || p.d % 2 || N != (p.hq + 2 * p.hkv) * p.d || !p.cos_t ||
+               !p.sin_t || !p.pos || !p.slot_b || !p.slot_o || !p.kc || !p.vc))
     return (int)cudaErrorNotSupported;
   const int S = splits > 0 ? splits : auto_s;
   const int MR = M <= 32 ? 32 : 64;
-  if (S > MAX_SPLIT || K / 16 < S || smem_bytes(MR, K, S) > (size_t)SMEM_MAX)
+  if (S > MAX_SPLIT || K / 16 < S || smem_bytes(MR, K, S, rope) > (size_t)SMEM_MAX)
     return (int)cudaErrorNotSupported;
-  Params p;
+  p.ks = K / 16;
+  p.rs = ((p.ks + S - 1) / S) * 16 + PAD;
+  int rc;
+  if (rope) rc = MR == 32 ? launch_mr<32, true>(p, S, pdl, st) : launch_mr<64, true>(p, S, pdl, st);
+  else rc = MR == 32 ? launch_mr<32, false>(p, S, pdl, st) : launch_mr<64, false>(p, S, pdl, st);
+  if (rc) return rc;
+  return (int)cudaGetLastError();
+}
+
+inline Params plain(void* out, const void* x, const void* w, int M, int N, int K, int dbg) {
+  Params p = {};
   p.out = (bf16*)out;
   p.x = (const bf16*)x;
   p.w = (const bf16*)w;
   p.M = M, p.N = N, p.K = K;
-  p.ks = K / 16;
-  p.rs = ((p.ks + S - 1) / S) * 16 + PAD;
   p.dbg = dbg;
-  const int rc = MR == 32 ? launch_mr<32>(p, S, pdl, st) : launch_mr<64>(p, S, pdl, st);
-  if (rc) return rc;
-  return (int)cudaGetLastError();
+  return p;
 }
 
 }  // namespace stream

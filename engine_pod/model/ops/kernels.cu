@@ -1610,13 +1610,35 @@ int rl_version() { return 8; }
 // 801 (cudaErrorNotSupported): a shape it does not take (use cuBLAS).
 int rl_stream_gemm(void* out, const void* x, const void* w, int M, int N, int K, int splits,
                    void* stream) {
-  return stream::gemm(out, x, w, M, N, K, splits, num_sms(), g_pdl, (cudaStream_t)stream);
+  return stream::gemm(stream::plain(out, x, w, M, N, K, 0), splits, num_sms(), g_pdl,
+                      (cudaStream_t)stream, false);
+}
+
+// The qkv projection with rl_qkv_rope_cache's work in its epilogue (bf16):
+// q_out[M, hq * d] and the K / V cache slots get what rl_stream_gemm then rl_qkv_rope_cache
+// would write (N = (hq + 2 hkv) d; d must divide 64). 801: not taken (use the two calls).
+int rl_stream_gemm_rope(void* q_out, const void* x, const void* w, int M, int N, int K,
+                        const void* bias, const void* cos_t, const void* sin_t, const void* pos,
+                        const void* slot_b, const void* slot_o, void* kc, void* vc, int hq,
+                        int hkv, int d, int bs, int splits, void* stream) {
+  stream::Params p = stream::plain(q_out, x, w, M, N, K, 0);
+  p.bias = (const bf16*)bias;
+  p.cos_t = (const bf16*)cos_t;
+  p.sin_t = (const bf16*)sin_t;
+  p.pos = (const int64_t*)pos;
+  p.slot_b = (const int64_t*)slot_b;
+  p.slot_o = (const int64_t*)slot_o;
+  p.kc = (bf16*)kc;
+  p.vc = (bf16*)vc;
+  p.hq = hq, p.hkv = hkv, p.d = d, p.bs = bs;
+  return stream::gemm(p, splits, num_sms(), g_pdl, (cudaStream_t)stream, true);
 }
 
 // lab only: rl_stream_gemm with parts of the kernel skipped (gemm_stream.cuh Params.dbg)
 int rl_stream_gemm_dbg(void* out, const void* x, const void* w, int M, int N, int K, int splits,
                        int dbg, void* stream) {
-  return stream::gemm(out, x, w, M, N, K, splits, num_sms(), g_pdl, (cudaStream_t)stream, dbg);
+  return stream::gemm(stream::plain(out, x, w, M, N, K, dbg), splits, num_sms(), g_pdl,
+                      (cudaStream_t)stream, false);
 }
 
 // the split count rl_stream_gemm would use for these sizes (0: not taken)
