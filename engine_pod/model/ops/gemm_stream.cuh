@@ -84,6 +84,12 @@ __device__ __forceinline__ void cluster_wait() {
 // x rows a block's partial sums are pushed for: owner(m) = m % S, slot m / S
 __host__ __device__ constexpr int owned_rows(int MR, int S) { return (MR + S - 1) / S; }
 
+// bytes of a block's ws / xs tiles (or, if larger, ROPE's output tile over them)
+__host__ __device__ inline int tiles_bytes(int MR, int rs, int ro, bool rope) {
+  const int t = (BN + MR) * rs * 2, o = rope ? ro * BN * 4 : 0;
+  return t > o ? t : o;
+}
+
 // MR: x rows a block holds (32 or 64; M <= MR). ROPE: the block's bf16 outputs get qkv
 // bias + RoPE + the paged-KV write of qkv_rope_cache_k instead of going to `out` as they are
 // (needs d | BN: a tile holds whole heads).
@@ -93,14 +99,16 @@ __global__ void __launch_bounds__(THREADS, 2) stream_gemm_k(const Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* ws = reinterpret_cast<bf16*>(smem);  // [BN][rs]
   bf16* xs = ws + BN * p.rs;                 // [MR][rs]
+  const int RO = owned_rows(MR, gridDim.x);
   // [S][2 k groups][owned rows][BN]: the partials of this block's x rows, from every split
-  float* recv = reinterpret_cast<float*>(xs + MR * p.rs);
+  // (after ws / xs, and after ROPE's [RO][BN] output tile, which overlays them at step 5)
+  float* recv = reinterpret_cast<float*>(smem + tiles_bytes(MR, p.rs, RO, ROPE));
 
   const int S = gridDim.x, split = blockIdx.x, tile = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int s_begin = split * p.ks / S, s_end = (split + 1) * p.ks / S;  // k16 steps
   const int nks = s_end - s_begin, k0 = s_begin * 16, vpr = nks * 2;  // 16-byte vectors a row
-  const int K = p.K, M = p.M, RO = owned_rows(MR, S);
+  const int K = p.K, M = p.M;
 
   // 1. the weight slice (rows tile*64 .., k0 .. k0 + 16 nks), before the wait
   const bf16* wsrc = p.w + (size_t)tile * BN * K + k0;
@@ -249,9 +257,9 @@ __global__ void __launch_bounds__(THREADS, 2) stream_gemm_k(const Params p) {
 // ---------------------------------------------------------------- host side
 inline size_t smem_bytes(int MR, int K, int S, bool rope = false) {
   const int ks = K / 16, maxks = (ks + S - 1) / S, ro = owned_rows(MR, S);
-  const size_t rs = (size_t)maxks * 16 + PAD;
   const size_t rope_b = rope ? (size_t)2 * ro * BN * 4 + (size_t)ro * 8 : 0;
-  return (BN + MR) * rs * 2 + (size_t)S * 2 * ro * BN * 4 + rope_b;
+  return (size_t)tiles_bytes(MR, maxks * 16 + PAD, ro, rope) + (size_t)S * 2 * ro * BN * 4 +
+         rope_b;
 }
 
 // The split count for a launch (0: not taken): the most splits (<= 8, each >= 2 k16 steps)
