@@ -105,6 +105,9 @@ _GEMM_NORM, _GEMM_RES, _GEMM_NORM_SILU = 1, 2, 5  # gemm.cuh flags: prologue / e
 # kernel (gemm_stream.cuh: weight copies start before the previous kernel ends) when it takes
 # the shape (a decoder's qkv / o / down; not gate_up or the LM head); the rest on cuBLAS. 0: never.
 STREAM_GEMM_ROWS = int(os.environ.get("RLFLEET_STREAM_GEMM_ROWS", "0"))
+# the qkv projection's streaming GEMM also does qkv bias + RoPE + the KV write (one launch
+# a layer fewer); 0: a separate rl_qkv_rope_cache launch
+STREAM_ROPE = os.environ.get("RLFLEET_STREAM_ROPE", "1") != "0"
 _GREEDY = SamplingParams(temperature=0.0)
 
 
@@ -462,7 +465,7 @@ class CudaOps(DecoderOps):
     ) -> paddle.Tensor:
         cfg = st.cfg
         m, k, n = int(h.shape[0]), int(h.shape[1]), int(w.shape[0])
-        if not self.stream_gemm(m, n, k, dtype_name(h)) or 64 % cfg.head_dim:
+        if not STREAM_ROPE or 64 % cfg.head_dim or not self.stream_gemm(m, n, k, dtype_name(h)):
             return self.qkv_rope_cache(self.linear(h, w), bias, st, kc, vc)
         q = self._empty([m, cfg.num_heads, cfg.head_dim], "bfloat16")
         self._call(
