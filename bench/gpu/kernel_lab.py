@@ -615,10 +615,13 @@ def layer_lab(lib) -> None:
         for mode, *_ in modes[1:]:
             same = all(torch.equal(a, b) for a, b in zip(outs["plain"], outs[mode], strict=True))
             check("layer_chain_pdl", same, f"B={B} {mode}: outputs = plain launches' bit for bit")
-        if B <= 64:  # the streaming GEMMs for what they take (qkv, o, down), PDL + prefetch
-            chain.stream_gemm, chain.prefetch = True, 1
+        # the streaming GEMMs for what they take (qkv, o, down), PDL + v5's early tile;
+        # "rope": + qkv bias, RoPE and the KV write in qkv's epilogue
+        for mode in (True, "rope") if B <= 64 else ():
+            chain.stream_gemm, chain.prefetch = mode, 1
             graph = chain.capture()
-            row["stream_gemm_us_per_layer"] = round(replay_us(graph) / chain.layers, 2)
+            key = "stream_gemm" if mode is True else "stream_rope"
+            row[f"{key}_us_per_layer"] = round(replay_us(graph) / chain.layers, 2)
             errs = []
             for x, ref in zip(inputs, outs["plain"], strict=True):
                 chain.x0.copy_(x)
@@ -626,30 +629,11 @@ def layer_lab(lib) -> None:
                 got = torch.cat([chain.dn, chain.x]).double()
                 errs.append(float((got - ref.double()).abs().max() / ref.double().abs().max()))
             torch.cuda.synchronize()
-            row["stream_gemm_max_rel_diff"] = max(errs)
-            check(
-                "layer_chain_stream_gemm",
-                max(errs) < 0.05,
-                f"B={B}: 24 layers on streaming GEMMs vs cuBLAS, max rel diff {max(errs):.2e}",
-            )
+            row[f"{key}_max_rel_diff"] = max(errs)
+            check(f"layer_chain_{key}", max(errs) < 0.05,
+                  f"B={B}: 24 layers ({key}) vs cuBLAS, max rel diff {max(errs):.2e}")  # fmt: skip
             del graph
-            chain.stream_gemm = "rope"  # + qkv bias, RoPE and the KV write in qkv's epilogue
-            graph = chain.capture()
-            row["stream_rope_us_per_layer"] = round(replay_us(graph) / chain.layers, 2)
-            errs = []
-            for x, ref in zip(inputs, outs["plain"], strict=True):
-                chain.x0.copy_(x)
-                graph.replay()
-                got = torch.cat([chain.dn, chain.x]).double()
-                errs.append(float((got - ref.double()).abs().max() / ref.double().abs().max()))
-            torch.cuda.synchronize()
-            check(
-                "layer_chain_stream_rope",
-                max(errs) < 0.05,
-                f"B={B}: 24 layers, RoPE in qkv's epilogue vs cuBLAS, max rel diff {max(errs):.2e}",
-            )
-            del graph
-            chain.stream_gemm = False
+        chain.stream_gemm = False
         rows.append(row)
         print(row, flush=True)
         del chain
