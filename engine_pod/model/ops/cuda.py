@@ -103,7 +103,8 @@ FUSED_GEMM_ROWS = int(os.environ.get("RLFLEET_FUSED_GEMM_ROWS", "16"))
 _GEMM_NORM, _GEMM_RES, _GEMM_NORM_SILU = 1, 2, 5  # gemm.cuh flags: prologue / epilogue
 # bf16 GEMMs of at most this many rows (and more than the fused path's) run on the streaming
 # kernel (gemm_stream.cuh: weight copies start before the previous kernel ends) when it takes
-# the shape (a decoder's qkv / o / down; not gate_up or the LM head); the rest on cuBLAS. 0: never.
+# the shape (a decoder's qkv / o / down; not gate_up or the LM head); the rest on cuBLAS. 0: never
+# (the default: on the H200 it lost to cuBLAS at 64 rows, bench/gpu/RESULTS.md round 5).
 STREAM_GEMM_ROWS = int(os.environ.get("RLFLEET_STREAM_GEMM_ROWS", "0"))
 # the qkv projection's streaming GEMM also does qkv bias + RoPE + the KV write (one launch
 # a layer fewer); 0: a separate rl_qkv_rope_cache launch
