@@ -265,17 +265,26 @@ def check_fused(ck: Checker, case: str, pair, back, hidden: int, heads: int, kv:
 
 def check_stream(ck: Checker, case: str, pair, back, hidden: int, heads: int, kv: int, d: int,
                  inter: int) -> None:  # fmt: skip
-    """The streaming GEMMs (gemm_stream.cuh) behind `linear` at 17..64 rows (bf16)."""
-    gpu, cpu, dtype = ck.gpu, ck.cpu, "bfloat16"
-    shapes = {"qkv": ((heads + 2 * kv) * d, hidden), "o": (hidden, heads * d),
-              "down": (hidden, inter)}  # fmt: skip
+    """The streaming GEMMs (gemm_stream.cuh) at 17..64 rows (bf16) through the ops the decoder
+    calls: o's and down's products into add + RMSNorm (`linear_deferred`: split-K partials
+    summed by the norm); with RLFLEET_STREAM_MERGE=cluster, `linear` itself."""
+    gpu, cpu, dtype, eps = ck.gpu, ck.cpu, "bfloat16", 1e-6
     for m in (17, 32, 33, 64):
-        for name, (n, k) in shapes.items():
-            if gpu.stream_gemm(m, n, k, dtype):
-                _, a_c, a_g = pair(m, k)
-                _, w_c, w_g = pair(n, k, scale=k**-0.5)
-                got, want = back(gpu.linear(a_g, w_g)), C(cpu.linear, a_c, w_c).numpy()
-                ck.record(f"stream.{name}", f"{case} M={m}", dtype, got, want)
+        _, nw_c, nw_g = pair(hidden)
+        x, x_c, _ = pair(m, hidden)
+        for name, k in (("o", heads * d), ("down", inter)):
+            if not gpu.stream_gemm(m, hidden, k, dtype):
+                continue
+            c = f"{case} M={m}"
+            _, a_c, a_g = pair(m, k)
+            _, w_c, w_g = pair(hidden, k, scale=k**-0.5)
+            got = gpu.add_rms_norm(ck.gpu_t(x, dtype), gpu.linear_deferred(a_g, w_g), nw_g, eps)
+            want = C(cpu.add_rms_norm, x_c, C(cpu.linear, a_c, w_c), nw_c, eps)
+            ck.record(f"stream.{name}_add_norm.x", c, dtype, back(got[0]), want[0].numpy())
+            ck.record(f"stream.{name}_add_norm.h", c, dtype, back(got[1]), want[1].numpy())
+            if gpu.stream_merge == "cluster":
+                got_l, want_l = back(gpu.linear(a_g, w_g)), C(cpu.linear, a_c, w_c).numpy()
+                ck.record(f"stream.{name}", c, dtype, got_l, want_l)
 
 
 def check_argmax_ties(ck: Checker) -> None:

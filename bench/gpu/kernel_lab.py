@@ -43,12 +43,16 @@ SIGS = {
     "rl_paged_attention_v2": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v3": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v4": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
-    "rl_paged_attention_v5": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _I, _P],
+    "rl_paged_attention_v5": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _I, _I, _P],
     "rl_set_pdl": [_I],
     "rl_gemm_ex": [_P, _P, _P, _P, _P, _P, _F, _I, _I, _I, _I, _I, _I, _P],
     "rl_stream_gemm": [_P, _P, _P, _I, _I, _I, _I, _P],
     "rl_stream_gemm_splits": [_I, _I, _I],
-    "rl_stream_gemm_dbg": [_P, _P, _P, _I, _I, _I, _I, _I, _P],
+    "rl_stream_gemm_dbg": [_P, _P, _P, _P, _I, _I, _I, _I, _I, _P],
+    "rl_stream_gemm_parts": [_P, _P, _P, _I, _I, _I, _I, _P],
+    "rl_stream_gemm_parts_splits": [_I, _I, _I],
+    "rl_rms_norm_parts": [_P, _P, _P, _P, _I, _I, _P, _P, _I, _I, _F, _I, _P],
+    "rl_qkv_rope_cache_parts": [_P, _P, _I] + [_P] * 8 + [_I] * 6 + [_P],
     "rl_stream_gemm_rope": [_P, _P, _P, _I, _I, _I] + [_P] * 8 + [_I] * 5 + [_P],
     "rl_rms_norm": [_P, _P, _P, _P, _P, _P, _I, _I, _F, _I, _P],
     "rl_silu_mul": [_P, _P, ctypes.c_int64, _I, _I, _P],
@@ -114,6 +118,7 @@ class AttnCase:
         kps: int,
         counters: torch.Tensor | None,
         prefetch: int = 0,
+        stages: int = 2,
     ):
         out = torch.empty((self.tokens, self.hq * self.d), dtype=self.dtype, device="cuda")
         pa = torch.empty(self.tokens * self.hq * nsplit * self.d, device="cuda")
@@ -126,7 +131,7 @@ class AttnCase:
         def launch() -> None:  # on the current stream (a graph capture's, when capturing)
             args = (*common, stream())
             if version == "v5":
-                a = (*args[:-2], prefetch, *args[-2:])
+                a = (*args[:-2], prefetch, stages, *args[-2:])
                 rc = lib.rl_paged_attention_v5(ptr(out), ptr(pa), ptr(pm), ptr(counters), *a)
             elif version == "v4":
                 rc = lib.rl_paged_attention_v4(ptr(out), ptr(pa), ptr(pm), ptr(counters), *args)
@@ -158,19 +163,26 @@ def attn_checks(lib) -> None:
                                           ("v4", 8, 128, counters), ("v2", 16, 64, None),
                                           ("v3", 16, 64, None), ("v5", 1, 64, None),
                                           ("v5", 3, 64, counters), ("v5", 16, 64, counters),
-                                          ("v5", 16, 64, None), ("v5", 4, 256, counters)]:  # fmt: skip
-            out, launch = case.run(lib, version, nsplit, kps, cnt)
+                                          ("v5", 16, 64, None), ("v5", 4, 256, counters),
+                                          ("v5s8", 1, 64, None), ("v5s8", 2, 512, counters),
+                                          ("v5s8", 3, 64, counters)]:  # fmt: skip
+            stages = 8 if version == "v5s8" else 2
+            version = version[:2] if version == "v5s8" else version
+            out, launch = case.run(lib, version, nsplit, kps, cnt, stages=stages)
             try:
                 launch()
             except RuntimeError as e:
-                v5_skips = dt == torch.float32 or d not in (64, 128)  # v5: bf16 / fp16, d 64 / 128
+                # v5: bf16 / fp16, d 64 / 128; 8 stages: d 64
+                v5_skips = dt == torch.float32 or d not in (64, 128) or (stages == 8 and d != 64)
                 check("attention", "801" in str(e) and (version == "v3" or (version == "v5" and v5_skips)),
                       f"{version} d{d} {str(dt)[6:]}: {e}")  # fmt: skip
                 continue
             torch.cuda.synchronize()
             err = (out.double().cpu() - ref).abs().max().item()
             rel = err / ref.abs().max().item()
-            name = f"{version} hq{hq} hkv{hkv} d{d} {str(dt)[6:]} nsplit{nsplit} kps{kps}"
+            name = (
+                f"{version} hq{hq} hkv{hkv} d{d} {str(dt)[6:]} nsplit{nsplit} kps{kps} st{stages}"
+            )
             name += " counters" if cnt is not None else ""
             check("attention", rel < tol, f"{name}: max rel err {rel:.2e}")
         if int(counters.abs().sum()) != 0:
@@ -179,14 +191,14 @@ def attn_checks(lib) -> None:
     dec = [int(x) for x in rng.integers(0, 700, 12)] + [0, 63, 64, 65, 127, 128]
     case = AttnCase(14, 2, 64, torch.bfloat16, dec, list(range(len(dec))), seed=11)
     ref = case.reference()
-    for nsplit, kps in [(1, 64), (8, 128), (16, 64)]:
-        out, launch = case.run(lib, "v5", nsplit, kps, counters, prefetch=1)
+    for nsplit, kps, stages in [(1, 64, 2), (8, 128, 2), (16, 64, 2), (1, 64, 8), (2, 512, 8),
+                                (3, 256, 8)]:  # fmt: skip
+        out, launch = case.run(lib, "v5", nsplit, kps, counters, prefetch=1, stages=stages)
         launch()
         torch.cuda.synchronize()
         rel = ((out.double().cpu() - ref).abs().max() / ref.abs().max()).item()
-        check(
-            "attention", rel < 2e-2, f"v5 prefetch decode rows nsplit{nsplit} kps{kps}: {rel:.2e}"
-        )
+        check("attention", rel < 2e-2,
+              f"v5 prefetch decode rows nsplit{nsplit} kps{kps} stages{stages}: {rel:.2e}")  # fmt: skip
     # graph replays: the in-launch merge resets its counters, so replays repeat the result
     case = AttnCase(14, 2, 64, torch.bfloat16, [511] * 64, list(range(64)), seed=7)
     for version in ("v4", "v5"):
@@ -277,21 +289,35 @@ class LayerChain:
         self.gu = torch.empty(B, 2 * inter, dtype=bf, device="cuda")
         self.act = torch.empty(B, inter, dtype=bf, device="cuda")
         self.dn = torch.empty(B, h, dtype=bf, device="cuda")
-        self.kps = 128 if B <= 64 else 256  # ops/cuda.py keys_per_split("v5", B)
-        self.nsplit = self.stride * bs // self.kps
+        self.set_attention(128 if B <= 64 else 256, 2)  # ops/cuda.py keys_per_split("v5", B)
         self.pa = torch.empty(B * hq * self.nsplit * d, device="cuda")
         self.pm = torch.empty(B * hq * self.nsplit * 2, device="cuda")
         self.counters = torch.zeros(1 << 16, dtype=torch.int32, device="cuda")
         self.prefetch = 1
         self.parts = {"gemm", "ours"}  # what run() launches: cuBLAS GEMMs, our kernels
-        self.stream_gemm = False  # the GEMMs gemm_stream.cuh takes on it, the rest on cuBLAS
+        # the GEMMs gemm_stream.cuh takes on it, the rest on cuBLAS: True (merged in the
+        # cluster), "rope" (+ qkv's RoPE epilogue) or "parts" (partials summed by the next
+        # kernel: RoPE + KV write, add + RMSNorm); splits 0: the kernel's default
+        self.stream_gemm: bool | str = False
+        self.splits = 0
+        self.pbuf = torch.empty(32 * B * (hq + 2 * hkv) * d, device="cuda")
+        self.pq, self.po, self.pd = (torch.empty_like(self.pbuf) for _ in range(3))
+        self.out = torch.empty_like(self.x0)  # the final norm's output
+        # launches left out (timing only: what each costs in the chain): norm1, qkv, rope,
+        # attn, o, norm2, gate_up, silu, down
+        self.skip: set[str] = set()
+
+    def set_attention(self, kps: int, stages: int) -> None:
+        """Attention v5's split length and tiles in flight (stages)."""
+        self.kps, self.stages = kps, stages
+        self.nsplit = max(1, self.stride * self.bs // kps)
 
     def _rc(self, rc: int, name: str) -> None:
         if rc:
             raise RuntimeError(f"{name}: CUDA error {rc}")
 
-    def _mm(self, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
-        if "gemm" not in self.parts:
+    def _mm(self, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, name: str) -> None:
+        if "gemm" not in self.parts or name in self.skip:
             return
         m, (n, k) = a.shape[0], w.shape
         if self.stream_gemm and self.lib.rl_stream_gemm_splits(m, n, k):
@@ -300,45 +326,90 @@ class LayerChain:
         else:
             torch.matmul(a, w.t(), out=out)
 
+    def _parts(self, a: torch.Tensor, w: torch.Tensor, buf: torch.Tensor, name: str) -> int:
+        """a . w^T as split-K partials into `buf` (stream_gemm "parts"); their split count,
+        0 where the kernel does not take the shape (then nothing ran)."""
+        m, (n, k) = a.shape[0], w.shape
+        if self.stream_gemm != "parts" or "gemm" not in self.parts:
+            return 0
+        sp = self.splits or self.lib.rl_stream_gemm_parts_splits(m, n, k)
+        if not sp or self.lib.rl_stream_gemm_parts_splits(m, n, k) == 0:
+            return 0
+        if name in self.skip:
+            return sp
+        rc = self.lib.rl_stream_gemm_parts(ptr(buf), ptr(a), ptr(w), m, n, k, sp, stream())
+        if rc == 801:  # not this split count for this shape: cuBLAS
+            return 0
+        self._rc(rc, "stream_gemm_parts")
+        return sp
+
+    def _add_norm(self, out, delta, nparts: int, w, name: str) -> None:
+        """x += delta (a bf16 tensor, or `nparts` partials in it), out = rms_norm(x) * w."""
+        lib, B, h = self.lib, self.B, self.h
+        if name in self.skip:
+            return
+        if nparts:
+            rc = lib.rl_rms_norm_parts(ptr(out), ptr(self.x), ptr(self.x), ptr(delta), nparts, B,
+                                       None, ptr(w), B, h, self.eps, 1, stream())  # fmt: skip
+        else:
+            rc = lib.rl_rms_norm(ptr(out), ptr(self.x), ptr(self.x), ptr(delta), None, ptr(w), B,
+                                 h, self.eps, 1, stream())  # fmt: skip
+        self._rc(rc, "add_norm")
+
     def run(self) -> None:
         lib, B, h, hq, hkv, d, bs = self.lib, self.B, self.h, self.hq, self.hkv, self.d, self.bs
         ours = "ours" in self.parts
         self.x.copy_(self.x0)
+        dn_parts = 0
         for li, w in enumerate(self.w):
-            if ours:
-                delta = ptr(self.dn) if li else None
-                self._rc(lib.rl_rms_norm(ptr(self.hbuf), ptr(self.x), ptr(self.x), delta, None,
+            if ours and li:
+                self._add_norm(self.hbuf, self.pd if dn_parts else self.dn, dn_parts, w["n1"],
+                               "norm1")  # fmt: skip
+            elif ours:
+                self._rc(lib.rl_rms_norm(ptr(self.hbuf), ptr(self.x), ptr(self.x), None, None,
                                          ptr(w["n1"]), B, h, self.eps, 1, stream()), "norm")  # fmt: skip
+            q_parts = self._parts(self.hbuf, w["qkv"], self.pq, "qkv")
+            if q_parts and ours and "rope" not in self.skip:
+                self._rc(lib.rl_qkv_rope_cache_parts(
+                    ptr(self.q), ptr(self.pq), q_parts, ptr(w["b"]), ptr(self.cos), ptr(self.sin),
+                    ptr(self.pos), ptr(self.slot_b), ptr(self.slot_o), ptr(self.kc[li]),
+                    ptr(self.vc[li]), B, hq, hkv, d, bs, 1, stream()), "rope_parts")  # fmt: skip
             fused = self.stream_gemm == "rope" and "gemm" in self.parts and ours
-            if fused:
+            if q_parts:
+                pass
+            elif fused:
                 self._rc(lib.rl_stream_gemm_rope(
                     ptr(self.q), ptr(self.hbuf), ptr(w["qkv"]), B, w["qkv"].shape[0], h,
                     ptr(w["b"]), ptr(self.cos), ptr(self.sin), ptr(self.pos), ptr(self.slot_b),
                     ptr(self.slot_o), ptr(self.kc[li]), ptr(self.vc[li]), hq, hkv, d, bs, 0,
                     stream()), "stream_gemm_rope")  # fmt: skip
             else:
-                self._mm(self.hbuf, w["qkv"], self.qkv)
-            if ours and not fused:
+                self._mm(self.hbuf, w["qkv"], self.qkv, "qkv")
+            if ours and not fused and not q_parts and "rope" not in self.skip:
                 self._rc(lib.rl_qkv_rope_cache(ptr(self.q), ptr(self.qkv), ptr(w["b"]),
                                                ptr(self.cos), ptr(self.sin), ptr(self.pos),
                                                ptr(self.slot_b), ptr(self.slot_o), ptr(self.kc[li]),
                                                ptr(self.vc[li]), B, hq, hkv, d, bs, 1, stream()),
                          "rope")  # fmt: skip
-            if ours:
+            if ours and "attn" not in self.skip:
                 self._rc(lib.rl_paged_attention_v5(
                     ptr(self.attn), ptr(self.pa), ptr(self.pm), ptr(self.counters), ptr(self.q),
                     ptr(self.kc[li]), ptr(self.vc[li]), ptr(self.tables), self.stride,
                     ptr(self.seq), ptr(self.pos), B, hq, hkv, d, bs, 1.0 / math.sqrt(d),
-                    self.nsplit, self.kps, self.prefetch, 1, stream()), "attention")  # fmt: skip
-            self._mm(self.attn, w["o"], self.o)
+                    self.nsplit, self.kps, self.prefetch, self.stages, 1, stream()), "attention")  # fmt: skip
+            if not (o_parts := self._parts(self.attn, w["o"], self.po, "o")):
+                self._mm(self.attn, w["o"], self.o, "o")
             if ours:
-                self._rc(lib.rl_rms_norm(ptr(self.hbuf), ptr(self.x), ptr(self.x), ptr(self.o),
-                                         None, ptr(w["n2"]), B, h, self.eps, 1, stream()), "norm2")  # fmt: skip
-            self._mm(self.hbuf, w["gu"], self.gu)
-            if ours:
+                self._add_norm(self.hbuf, self.po if o_parts else self.o, o_parts, w["n2"], "norm2")
+            self._mm(self.hbuf, w["gu"], self.gu, "gate_up")
+            if ours and "silu" not in self.skip:
                 self._rc(lib.rl_silu_mul(ptr(self.act), ptr(self.gu), B, self.inter, 1, stream()),
                          "silu")  # fmt: skip
-            self._mm(self.act, w["dn"], self.dn)
+            if not (dn_parts := self._parts(self.act, w["dn"], self.pd, "down")):
+                self._mm(self.act, w["dn"], self.dn, "down")
+        if ours:  # the model's final norm (x += the last layer's delta)
+            self._add_norm(self.out, self.pd if dn_parts else self.dn, dn_parts, self.w[-1]["n1"],
+                           "final")  # fmt: skip
 
     def capture(self) -> torch.cuda.CUDAGraph:
         self.run()
@@ -465,8 +536,10 @@ def stream_gemm_lab(lib) -> None:
                 f"{name} M={m} auto splits {auto}: max err within 2x cuBLAS's ({tol:.2e}) "
                 f"{'; '.join(bad[:4])}",
             )
+            stream_parts_checks(lib, name, x, w, ref, tol)
 
-    # the RoPE epilogue = rl_stream_gemm then rl_qkv_rope_cache, bit for bit (q, K and V slots)
+    # the RoPE epilogue = rl_stream_gemm then rl_qkv_rope_cache, bit for bit (q, K and V
+    # slots); so is rl_qkv_rope_cache_parts on the partials of the same split count
     for B in (17, 33, 64):
         for d, hq, hkv in ((64, 14, 2), (16, 4, 2), (32, 8, 8)):
             h, nq = 896 if d == 64 else 256, (hq + 2 * hkv) * d
@@ -485,13 +558,20 @@ def stream_gemm_lab(lib) -> None:
             slot_b, slot_o = perm // bs, perm % bs
             nb = B * 4 // bs + 1
             res = []
-            for fused in (False, True):
+            for fused in (False, True, "parts"):
                 kc = torch.zeros(nb, bs, hkv, d, dtype=torch.bfloat16, device="cuda")
                 vc = torch.zeros_like(kc)
                 q = torch.zeros(B, hq * d, dtype=torch.bfloat16, device="cuda")
                 args = (ptr(bias), ptr(cos), ptr(sin), ptr(pos), ptr(slot_b), ptr(slot_o),
                         ptr(kc), ptr(vc), hq, hkv, d, bs)  # fmt: skip
-                if fused:
+                if fused == "parts":
+                    sp = lib.rl_stream_gemm_splits(B, nq, h)  # the merging kernel's count
+                    parts = torch.empty(sp * B * nq, device="cuda")
+                    rc = lib.rl_stream_gemm_parts(ptr(parts), ptr(x), ptr(wq), B, nq, h, sp,
+                                                  stream())  # fmt: skip
+                    rc = rc or lib.rl_qkv_rope_cache_parts(ptr(q), ptr(parts), sp, *args[:8], B,
+                                                           hq, hkv, d, bs, 1, stream())  # fmt: skip
+                elif fused:
                     rc = lib.rl_stream_gemm_rope(
                         ptr(q), ptr(x), ptr(wq), B, nq, h, *args, 0, stream()
                     )
@@ -502,13 +582,14 @@ def stream_gemm_lab(lib) -> None:
                                                      B, hq, hkv, d, bs, 1, stream())  # fmt: skip
                 torch.cuda.synchronize()
                 res.append((rc, q, kc, vc))
-            same = all(torch.equal(a, b) for a, b in zip(res[0][1:], res[1][1:], strict=True))
-            check(
-                "stream_gemm_rope",
-                res[0][0] == 0 and res[1][0] == 0 and same,
-                f"B={B} d={d} hq={hq} hkv={hkv}: rc {res[0][0]}/{res[1][0]}, fused = two "
-                f"launches bit for bit: {same}",
-            )
+            for i, key in ((1, "stream_gemm_rope"), (2, "stream_parts_rope")):
+                same = all(torch.equal(a, b) for a, b in zip(res[0][1:], res[i][1:], strict=True))
+                check(
+                    key,
+                    res[0][0] == 0 and res[i][0] == 0 and same,
+                    f"B={B} d={d} hq={hq} hkv={hkv}: rc {res[0][0]}/{res[i][0]}, = two "
+                    f"launches bit for bit: {same}",
+                )
 
     rows = []
     for name, (n, k) in SHAPES.items():
@@ -548,6 +629,63 @@ def stream_gemm_lab(lib) -> None:
     RESULTS["timing"]["stream_gemm_us"] = rows
 
 
+def stream_parts_checks(lib, name: str, x, w, ref, tol: float) -> None:
+    """rl_stream_gemm_parts: the partials add up to the float64 product (every split count it
+    takes), nothing is written past splits x M x N, the same bits twice; and
+    rl_rms_norm_parts on them = rl_rms_norm on rl_stream_gemm's output of the same split
+    count, bit for bit (the sums run in the same order)."""
+    m, k = x.shape
+    n = w.shape[0]
+    auto = lib.rl_stream_gemm_parts_splits(m, n, k)
+    bad = []
+    for sp in [auto] + [s_ for s_ in (1, 2, 3, 4, 8, 13, 16, 32) if s_ != auto]:
+        buf = torch.full((sp * m * n + 64,), 7.0, device="cuda")
+        rc = lib.rl_stream_gemm_parts(ptr(buf), ptr(x), ptr(w), m, n, k, sp, stream())
+        if rc == 801 and sp != auto:
+            continue
+        torch.cuda.synchronize()
+        if rc:
+            bad.append(f"s{sp} rc={rc}")
+            continue
+        got = buf[: sp * m * n].view(sp, m, n).double().sum(0)
+        err = float((got - ref).abs().max())
+        if err > tol or not bool((buf[sp * m * n :] == 7.0).all()):
+            bad.append(f"s{sp} err={err:.3g}")
+        if sp == auto:
+            again = torch.full_like(buf, 7.0)
+            lib.rl_stream_gemm_parts(ptr(again), ptr(x), ptr(w), m, n, k, sp, stream())
+            torch.cuda.synchronize()
+            if not torch.equal(buf, again):
+                bad.append("not deterministic")
+        if sp <= 8 and n == 896 and lib.rl_stream_gemm_splits(m, n, k):  # o / down: add + norm
+            merged = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+            rc = lib.rl_stream_gemm(ptr(merged), ptr(x), ptr(w), m, n, k, sp, stream())
+            if rc == 801:
+                continue
+            res0 = torch.randn(m, n, device="cuda").to(torch.bfloat16)
+            nw = (1 + 0.1 * torch.randn(n, device="cuda")).to(torch.bfloat16)
+            outs = []
+            for use_parts in (False, True):
+                xr, o = res0.clone(), torch.empty_like(res0)
+                if use_parts:
+                    rc = lib.rl_rms_norm_parts(ptr(o), ptr(xr), ptr(xr), ptr(buf), sp, m, None,
+                                               ptr(nw), m, n, 1e-6, 1, stream())  # fmt: skip
+                else:
+                    rc = lib.rl_rms_norm(ptr(o), ptr(xr), ptr(xr), ptr(merged), None, ptr(nw), m,
+                                         n, 1e-6, 1, stream())  # fmt: skip
+                torch.cuda.synchronize()
+                outs.append((rc, xr, o))
+            if outs[1][0] or not (torch.equal(outs[0][1], outs[1][1])
+                                  and torch.equal(outs[0][2], outs[1][2])):  # fmt: skip
+                bad.append(f"s{sp} add+norm on partials != on the merged product")
+    check(
+        "stream_gemm_parts",
+        not bad and auto > 0,
+        f"{name} M={m} auto splits {auto}: partials' sum within 2x cuBLAS's error ({tol:.2e}) "
+        f"{'; '.join(bad[:4])}",
+    )
+
+
 def stream_parts_lab(lib) -> None:
     """Where a streaming GEMM's time goes: GPU µs (cold weights, PDL chain) with parts of the
     kernel skipped (bit 0 weight copies, 1 x copies, 2 products, 3 merge)."""
@@ -565,8 +703,8 @@ def stream_parts_lab(lib) -> None:
 
                 def f(sp=sp, dbg=dbg, n=n, k=k, x=x, ws=ws, out=out) -> None:
                     for w in ws:
-                        rc = lib.rl_stream_gemm_dbg(ptr(out), ptr(x), ptr(w), 64, n, k, sp, dbg,
-                                                    stream())  # fmt: skip
+                        rc = lib.rl_stream_gemm_dbg(ptr(out), None, ptr(x), ptr(w), 64, n, k, sp,
+                                                    dbg, stream())  # fmt: skip
                         if rc:
                             raise RuntimeError(f"stream_gemm_dbg {rc}")
 
@@ -576,6 +714,31 @@ def stream_parts_lab(lib) -> None:
                     r[f"dbg{dbg}"] = str(e)
             rows.append(r)
             print(r, flush=True)
+        # the partials mode (no merge in the GEMM): every split count, cuBLAS beside
+        pbuf = torch.empty(32 * 64 * n, device="cuda")
+        r = {"shape": name, "mode": "parts", "auto": lib.rl_stream_gemm_parts_splits(64, n, k)}
+
+        def cublas(x=x, ws=ws, out=out) -> None:
+            for w in ws:
+                torch.matmul(x, w.t(), out=out)
+
+        r["cublas"] = round(graph_us(cublas, launches=1) / len(ws), 2)
+        for sp in (4, 8, 12, 14, 16, 24, 32):
+            for dbg in (0, 1, 2):
+
+                def f(sp=sp, dbg=dbg, n=n, k=k, x=x, ws=ws, pbuf=pbuf) -> None:
+                    for w in ws:
+                        rc = lib.rl_stream_gemm_dbg(None, ptr(pbuf), ptr(x), ptr(w), 64, n, k, sp,
+                                                    dbg, stream())  # fmt: skip
+                        if rc:
+                            raise RuntimeError(f"stream_gemm_dbg {rc}")
+
+                try:
+                    r[f"s{sp}_dbg{dbg}"] = round(graph_us(f, launches=1) / len(ws), 2)
+                except RuntimeError as e:
+                    r[f"s{sp}_dbg{dbg}"] = str(e)
+        rows.append(r)
+        print(r, flush=True)
     RESULTS["timing"]["stream_parts_us"] = rows
 
 
@@ -585,7 +748,7 @@ def layer_lab(lib) -> None:
     replay, so a key read before the kernel that writes it would show) equal bit for bit; and
     the chain's cuBLAS GEMMs alone and our kernels alone."""
     rows = []
-    for B in (1, 8, 64, 128):
+    for B in (1, 8, 32, 64, 128):
         chain = LayerChain(lib, B)
         g = torch.Generator(device="cuda").manual_seed(B)
         inputs = [torch.randn(B, chain.h, generator=g, device="cuda").to(torch.bfloat16)
@@ -600,7 +763,7 @@ def layer_lab(lib) -> None:
             for x in inputs:
                 chain.x0.copy_(x)
                 graph.replay()
-                res.append(torch.cat([chain.dn.clone(), chain.x.clone()]))
+                res.append(torch.cat([chain.out.clone(), chain.x.clone()]))
             torch.cuda.synchronize()
             outs[mode] = res
             row[f"{mode}_us_per_layer"] = round(replay_us(graph) / chain.layers, 2)
@@ -616,24 +779,48 @@ def layer_lab(lib) -> None:
             same = all(torch.equal(a, b) for a, b in zip(outs["plain"], outs[mode], strict=True))
             check("layer_chain_pdl", same, f"B={B} {mode}: outputs = plain launches' bit for bit")
         # the streaming GEMMs for what they take (qkv, o, down), PDL + v5's early tile;
-        # "rope": + qkv bias, RoPE and the KV write in qkv's epilogue
-        for mode in (True, "rope") if B <= 64 else ():
-            chain.stream_gemm, chain.prefetch = mode, 1
+        # "rope": + qkv bias, RoPE and the KV write in qkv's epilogue; "parts": partials
+        # summed by the next kernel (default split counts, then fixed ones)
+        # attention: "long" = 512-key splits with all 8 tiles in flight (one split a row up to
+        # 512 keys) instead of 128-key splits, 2 in flight
+        default_attn = (chain.kps, chain.stages)
+        modes = [(True, 0, None), ("rope", 0, None), ("parts", 0, None), ("parts", 12, None),
+                 (False, 0, (512, 8)), ("parts", 0, (512, 8))]  # fmt: skip
+        for mode, sp, attn in modes:
+            if B > 64 and mode:
+                continue
+            chain.stream_gemm, chain.splits, chain.prefetch = mode, sp, 1
+            chain.set_attention(*(attn or default_attn))
             graph = chain.capture()
-            key = "stream_gemm" if mode is True else "stream_rope"
+            key = {True: "stream_gemm", "rope": "stream_rope", "parts": "stream_parts",
+                   False: "cublas"}[mode]  # fmt: skip
+            key += (f"_s{sp}" if sp else "") + ("_attn_long" if attn else "")
             row[f"{key}_us_per_layer"] = round(replay_us(graph) / chain.layers, 2)
             errs = []
             for x, ref in zip(inputs, outs["plain"], strict=True):
                 chain.x0.copy_(x)
                 graph.replay()
-                got = torch.cat([chain.dn, chain.x]).double()
+                got = torch.cat([chain.out, chain.x]).double()
                 errs.append(float((got - ref.double()).abs().max() / ref.double().abs().max()))
             torch.cuda.synchronize()
             row[f"{key}_max_rel_diff"] = max(errs)
             check(f"layer_chain_{key}", max(errs) < 0.05,
                   f"B={B}: 24 layers ({key}) vs cuBLAS, max rel diff {max(errs):.2e}")  # fmt: skip
             del graph
-        chain.stream_gemm = False
+        chain.set_attention(*default_attn)
+        # what each launch costs in the chain (timing only): left out one at a time
+        for mode, attn in ((False, None), ("parts", None), ("parts", (512, 8))) if B == 64 else ():
+            chain.stream_gemm, chain.splits, chain.prefetch = mode, 0, 1
+            chain.set_attention(*(attn or default_attn))
+            for name in ("norm1", "qkv", "rope", "attn", "o", "norm2", "gate_up", "silu", "down"):
+                chain.skip = {name}
+                graph = chain.capture()
+                key = ("parts" if mode else "cublas") + ("_attn_long" if attn else "")
+                row[f"{key}_without_{name}"] = round(replay_us(graph) / chain.layers, 2)
+                del graph
+            chain.skip = set()
+        chain.set_attention(*default_attn)
+        chain.stream_gemm, chain.splits = False, 0
         rows.append(row)
         print(row, flush=True)
         del chain

@@ -180,8 +180,9 @@ class PagedDecoder:
             kc, vc = cache.k[li], cache.v[li]
             q = ops.qkv_rope_linear(h, lw.qkv, lw.qkv_bias, st, kc, vc)
             attn = ops.attention(q, kc, vc, st)
-            x, h = ops.add_rms_norm(x, ops.linear(attn, lw.o, lw.o_bias), lw.post_norm, eps)
-            delta = ops.linear(ops.silu_mul(ops.linear(h, lw.gate_up)), lw.down)
+            o = ops.linear_deferred(attn, lw.o, lw.o_bias)
+            x, h = ops.add_rms_norm(x, o, lw.post_norm, eps)
+            delta = ops.linear_deferred(ops.silu_mul(ops.linear(h, lw.gate_up)), lw.down)
         if plan.sample_rows.size == 0:
             return None
         rows = ops.final_norm(x, delta, w.norm, st, eps)

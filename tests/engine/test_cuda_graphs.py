@@ -151,15 +151,20 @@ def test_shape_rules_change_only_at_graph_buckets() -> None:
     split length and the same GEMM path, or eager steps and graph replays would round
     differently (the same request could get other tokens from a replay than eagerly)."""
     from engine_pod.model.cuda_graphs import batch_buckets
-    from engine_pod.model.ops.cuda import FUSED_GEMM_ROWS, STREAM_GEMM_ROWS, keys_per_split
+    from engine_pod.model.ops.cuda import (
+        ATTN_LONG_ROWS,
+        FUSED_GEMM_ROWS,
+        STREAM_GEMM_ROWS,
+        keys_per_split,
+    )
 
     buckets = batch_buckets(128)
     for n in range(1, 129):
         b = next(x for x in buckets if x >= n)
         for version in ("v2", "v3", "v4", "v5"):
             assert keys_per_split(version, n) == keys_per_split(version, b), (version, n, b)
-        # the fused GEMMs' and the streaming GEMMs' row limits (default and the tuned 64),
-        # and the streaming kernel's 32- / 64-row blocks
-        for limit in {FUSED_GEMM_ROWS, STREAM_GEMM_ROWS, 32, 64}:
+        # the fused GEMMs', the streaming GEMMs' and long attention splits' row limits
+        # (defaults and the tuned 64), and the streaming kernel's 32- / 64-row blocks
+        for limit in {FUSED_GEMM_ROWS, STREAM_GEMM_ROWS, ATTN_LONG_ROWS, 32, 64}:
             assert (n <= limit) == (b <= limit), (limit, n, b)
     assert keys_per_split("v5", 1) < keys_per_split("v5", 128)  # longer splits for big batches

@@ -54,15 +54,24 @@ class DecoderOps(ABC):
 
     @abstractmethod
     def add_rms_norm(
-        self, x: paddle.Tensor, delta: paddle.Tensor, w: paddle.Tensor, eps: float
+        self, x: paddle.Tensor, delta: Any, w: paddle.Tensor, eps: float
     ) -> tuple[paddle.Tensor, paddle.Tensor]:
-        """Fused residual add + RMSNorm: (x + delta, rms_norm(x + delta) * w)."""
+        """Fused residual add + RMSNorm: (x + delta, rms_norm(x + delta) * w); `delta` a
+        tensor or what `linear_deferred` returned."""
 
     @abstractmethod
     def linear(
         self, x: paddle.Tensor, w: paddle.Tensor, b: paddle.Tensor | None = None
     ) -> paddle.Tensor:
         """x @ w.T (+ b); w in HF [out, in] layout."""
+
+    def linear_deferred(
+        self, x: paddle.Tensor, w: paddle.Tensor, b: paddle.Tensor | None = None
+    ) -> Any:
+        """`linear`, whose result may be handed over unfinished (e.g. a GEMM's split-K
+        partial sums) when it is only ever passed as `delta` to `add_rms_norm` / `final_norm`,
+        which finish it: the same values, one kernel's work fewer."""
+        return self.linear(x, w, b)
 
     def qkv_rope_linear(
         self, h: paddle.Tensor, w: paddle.Tensor, bias: paddle.Tensor | None, st: Any,
@@ -95,9 +104,9 @@ class DecoderOps(ABC):
 
     @abstractmethod
     def final_norm(
-        self, x: paddle.Tensor, delta: paddle.Tensor, w: paddle.Tensor, st: Any, eps: float
+        self, x: paddle.Tensor, delta: Any, w: paddle.Tensor, st: Any, eps: float
     ) -> paddle.Tensor:
-        """rms_norm((x + delta)[sample rows]) * w: [S, h]."""
+        """rms_norm((x + delta)[sample rows]) * w: [S, h] (`delta` as for add_rms_norm)."""
 
     @abstractmethod
     def logits(self, rows: paddle.Tensor, lm_head: paddle.Tensor) -> paddle.Tensor:

@@ -55,7 +55,7 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rl_sample": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _I, _P],
     "rl_paged_attention_v3": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v4": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
-    "rl_paged_attention_v5": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _I, _P],
+    "rl_paged_attention_v5": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _I, _I, _P],
     "rl_set_pdl": [_I],
     "rl_gemm_config": [_I, _I, _I, _I, _P, _P],
     "rl_gemm_norm": [_P, _P, _P, _P, _P, _F, _P, _I, _I, _I, _P, _P, _P],
@@ -64,6 +64,10 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rl_stream_gemm": [_P, _P, _P, _I, _I, _I, _I, _P],
     "rl_stream_gemm_splits": [_I, _I, _I],
     "rl_stream_gemm_rope": [_P, _P, _P, _I, _I, _I] + [_P] * 8 + [_I] * 5 + [_P],
+    "rl_stream_gemm_parts": [_P, _P, _P, _I, _I, _I, _I, _P],
+    "rl_stream_gemm_parts_splits": [_I, _I, _I],
+    "rl_rms_norm_parts": [_P, _P, _P, _P, _I, _I, _P, _P, _I, _I, _F, _I, _P],
+    "rl_qkv_rope_cache_parts": [_P, _P, _I] + [_P] * 8 + [_I] * 6 + [_P],
     "rl_paged_attention_v2": [
         _P,
         _P,
@@ -88,6 +92,11 @@ _SIGNATURES: dict[str, list[Any]] = {
     ],
 }
 ATTN_KEYS_PER_SPLIT = int(os.environ.get("RLFLEET_ATTN_KPS", "0"))  # 0: by batch size
+# decode-only bf16 steps of at most this many rows (head_dim 64) run attention v5 on splits of
+# ATTN_LONG_KEYS keys with all their tiles in flight (one split a row up to that context:
+# no merge) instead of short splits two tiles deep; 0: never
+ATTN_LONG_ROWS = int(os.environ.get("RLFLEET_ATTN_LONG_ROWS", "0"))
+ATTN_LONG_KEYS, ATTN_LONG_STAGES = 512, 8
 _ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "int32": 4}
 _CODE = {"float32": 0, "bfloat16": 1, "float16": 2}
 MIN_STRIDE = 8  # smallest block-table row of a step (blocks)
@@ -103,11 +112,15 @@ FUSED_GEMM_ROWS = int(os.environ.get("RLFLEET_FUSED_GEMM_ROWS", "16"))
 _GEMM_NORM, _GEMM_RES, _GEMM_NORM_SILU = 1, 2, 5  # gemm.cuh flags: prologue / epilogue
 # bf16 GEMMs of at most this many rows (and more than the fused path's) run on the streaming
 # kernel (gemm_stream.cuh: weight copies start before the previous kernel ends) when it takes
-# the shape (a decoder's qkv / o / down; not gate_up or the LM head); the rest on cuBLAS. 0: never
-# (the default: on the H200 it lost to cuBLAS at 64 rows, bench/gpu/RESULTS.md round 5).
+# the shape (a decoder's qkv / o / down; not gate_up or the LM head); the rest on cuBLAS. 0: never.
 STREAM_GEMM_ROWS = int(os.environ.get("RLFLEET_STREAM_GEMM_ROWS", "0"))
-# the qkv projection's streaming GEMM also does qkv bias + RoPE + the KV write (one launch
-# a layer fewer); 0: a separate rl_qkv_rope_cache launch
+# how its split-K partial sums are added: "next" (the default) by the kernel that reads the
+# product next (the qkv projection's RoPE + KV write, the residual add + RMSNorm after o and
+# down: `linear_deferred`, `qkv_rope_linear`), "cluster" inside the GEMM (distributed shared
+# memory; H200 round 5: slower than cuBLAS at 64 rows)
+STREAM_MERGE = os.environ.get("RLFLEET_STREAM_MERGE", "next")
+# "cluster" merge: the qkv projection's GEMM also does qkv bias + RoPE + the KV write (one
+# launch a layer fewer); 0: a separate rl_qkv_rope_cache launch
 STREAM_ROPE = os.environ.get("RLFLEET_STREAM_ROPE", "1") != "0"
 _GREEDY = SamplingParams(temperature=0.0)
 
@@ -134,6 +147,18 @@ def keys_per_split(version: str, tokens: int) -> int:
 
 class CudaError(RuntimeError):
     pass
+
+
+@dataclass
+class SplitKParts:
+    """A GEMM's product left unreduced: float32 split-K partial sums [splits, rows, cols]
+    (gemm_stream.cuh, PARTS mode). The kernel that reads it sums them in split order and
+    rounds once — the value the GEMM would have written."""
+
+    t: paddle.Tensor
+    splits: int
+    rows: int
+    cols: int
 
 
 def load_library(path: str | None = None, build_if_missing: bool = True) -> ctypes.CDLL:
@@ -237,7 +262,11 @@ class CudaOps(DecoderOps):
         self.fused_gemm_rows = max([0] + [b for b in BATCH_BUCKETS if b <= FUSED_GEMM_ROWS])
         self._fused_ok: dict[tuple[int, ...], bool] = {}
         self.stream_gemm_rows = max([0] + [b for b in BATCH_BUCKETS if b <= STREAM_GEMM_ROWS])
-        self._stream_ok: dict[tuple[int, int, int], bool] = {}
+        self.attn_long_rows = max([0] + [b for b in BATCH_BUCKETS if b <= ATTN_LONG_ROWS])
+        if STREAM_MERGE not in ("next", "cluster"):
+            raise ValueError(f"RLFLEET_STREAM_MERGE must be next or cluster, got {STREAM_MERGE!r}")
+        self.stream_merge = STREAM_MERGE
+        self._stream_splits: dict[tuple[str, int, int, int], int] = {}
         self.counters = self.zeros([ATTN_COUNTERS + SELECT_COUNTERS], "int32")
         self.synchronize()
 
@@ -417,32 +446,71 @@ class CudaOps(DecoderOps):
         return out
 
     def add_rms_norm(
-        self, x: paddle.Tensor, delta: paddle.Tensor, w: paddle.Tensor, eps: float
+        self, x: paddle.Tensor, delta: paddle.Tensor | SplitKParts, w: paddle.Tensor, eps: float
     ) -> tuple[paddle.Tensor, paddle.Tensor]:
         dt = dtype_name(x)
         n, h = int(x.shape[0]), int(x.shape[1])
         out = self._empty([n, h], dt)
         xp = x.data_ptr()  # the residual stream is updated in place
-        self._call("rl_rms_norm", out.data_ptr(), xp, xp, delta.data_ptr(), None, w.data_ptr(),
-                   n, h, eps, _CODE[dt], self.stream)  # fmt: skip
+        self._norm(out, xp, xp, delta, None, w, n, h, eps, dt)
         return x, out
 
-    def stream_gemm(self, m: int, n: int, k: int, dtype: str) -> bool:
-        """Does x[m, k] . w[n, k]^T run on the streaming kernel? bf16, at most
-        `stream_gemm_rows` rows (a graph bucket, so a batch and its padded graph decide
-        alike; a row's result does not depend on the row count), a shape it takes."""
+    def _norm(self, out: paddle.Tensor, x_out: int | None, x: int,
+              delta: paddle.Tensor | SplitKParts | None, rows: int | None, w: paddle.Tensor,
+              n: int, h: int, eps: float, dt: str) -> None:  # fmt: skip
+        """rl_rms_norm, or rl_rms_norm_parts when `delta` is a GEMM's unreduced partials."""
+        if isinstance(delta, SplitKParts):
+            if delta.cols != h:
+                raise ValueError(f"partials of {delta.cols} columns added to rows of {h}")
+            self._call("rl_rms_norm_parts", out.data_ptr(), x_out, x, delta.t.data_ptr(),
+                       delta.splits, delta.rows, rows, w.data_ptr(), n, h, eps, _CODE[dt],
+                       self.stream)  # fmt: skip
+            return
+        self._call("rl_rms_norm", out.data_ptr(), x_out, x,
+                   delta.data_ptr() if delta is not None else None, rows, w.data_ptr(), n, h,
+                   eps, _CODE[dt], self.stream)  # fmt: skip
+
+    def stream_splits(self, m: int, n: int, k: int, dtype: str, merge: str | None = None) -> int:
+        """Split count of x[m, k] . w[n, k]^T on the streaming kernel with `merge` (default:
+        `stream_merge`); 0: not there (cuBLAS). bf16, at most `stream_gemm_rows` rows (a graph
+        bucket, so a batch and its padded graph decide alike; a row's result does not depend
+        on the row count), a shape it takes."""
         if not 0 < m <= self.stream_gemm_rows or dtype != "bfloat16":
-            return False
-        key = (min(m, 33) // 33, n, k)  # its split rule sees only M <= 32 or not
-        if key not in self._stream_ok:
-            self._stream_ok[key] = self.lib.rl_stream_gemm_splits(m, n, k) > 0
-        return self._stream_ok[key]
+            return 0
+        merge = merge or self.stream_merge
+        key = (merge, min(m, 33) // 33, n, k)  # its split rule sees only M <= 32 or not
+        if key not in self._stream_splits:
+            lib = self.lib
+            fn = lib.rl_stream_gemm_parts_splits if merge == "next" else lib.rl_stream_gemm_splits
+            self._stream_splits[key] = int(fn(m, n, k))
+        return self._stream_splits[key]
+
+    def stream_gemm(self, m: int, n: int, k: int, dtype: str) -> bool:
+        """Does `stream_merge`'s streaming GEMM take this product (see `stream_splits`)?"""
+        return self.stream_splits(m, n, k, dtype) > 0
+
+    def _gemm_parts(self, x: paddle.Tensor, w: paddle.Tensor) -> SplitKParts | None:
+        """x . w^T as split-K partials ("next" merge), or None where the kernel does not take it."""
+        m, k, n = int(x.shape[0]), int(x.shape[1]), int(w.shape[0])
+        if self.stream_merge != "next" or not (s := self.stream_splits(m, n, k, dtype_name(x))):
+            return None
+        parts = self._empty([s * m * n], "float32")
+        self._call("rl_stream_gemm_parts", parts.data_ptr(), x.data_ptr(), w.data_ptr(), m, n, k,
+                   s, self.stream)  # fmt: skip
+        return SplitKParts(parts, s, m, n)
+
+    def linear_deferred(
+        self, x: paddle.Tensor, w: paddle.Tensor, b: paddle.Tensor | None = None
+    ) -> paddle.Tensor | SplitKParts:
+        if b is None and (parts := self._gemm_parts(x, w)) is not None:
+            return parts
+        return self.linear(x, w, b)
 
     def linear(
         self, x: paddle.Tensor, w: paddle.Tensor, b: paddle.Tensor | None = None
     ) -> paddle.Tensor:
         m, k, n = int(x.shape[0]), int(x.shape[1]), int(w.shape[0])
-        if self.stream_gemm(m, n, k, dtype_name(x)):
+        if self.stream_merge == "cluster" and self.stream_gemm(m, n, k, dtype_name(x)):
             y = self._empty([m, n], "bfloat16")
             self._call("rl_stream_gemm", y.data_ptr(), x.data_ptr(), w.data_ptr(), m, n, k, 0,
                        self.stream)  # fmt: skip
@@ -465,8 +533,13 @@ class CudaOps(DecoderOps):
         vc: paddle.Tensor,
     ) -> paddle.Tensor:
         cfg = st.cfg
+        if (parts := self._gemm_parts(h, w)) is not None:
+            return self._qkv_rope(None, parts, bias, st, kc, vc)
         m, k, n = int(h.shape[0]), int(h.shape[1]), int(w.shape[0])
-        if not STREAM_ROPE or 64 % cfg.head_dim or not self.stream_gemm(m, n, k, dtype_name(h)):
+        if (
+            self.stream_merge != "cluster" or not STREAM_ROPE or 64 % cfg.head_dim
+            or not self.stream_gemm(m, n, k, dtype_name(h))
+        ):  # fmt: skip
             return self.qkv_rope_cache(self.linear(h, w), bias, st, kc, vc)
         q = self._empty([m, cfg.num_heads, cfg.head_dim], "bfloat16")
         self._call(
@@ -486,16 +559,26 @@ class CudaOps(DecoderOps):
         kc: paddle.Tensor,
         vc: paddle.Tensor,
     ) -> paddle.Tensor:
+        return self._qkv_rope(qkv, None, bias, st, kc, vc)
+
+    def _qkv_rope(self, qkv: paddle.Tensor | None, parts: SplitKParts | None,
+                  bias: paddle.Tensor | None, st: CudaStep, kc: paddle.Tensor,
+                  vc: paddle.Tensor) -> paddle.Tensor:  # fmt: skip
+        """rl_qkv_rope_cache on the qkv product, or rl_qkv_rope_cache_parts on its partials."""
         cfg = st.cfg
-        dt = dtype_name(qkv)
+        dt = dtype_name(kc)
         q = self._empty([st.n_tok, cfg.num_heads, cfg.head_dim], dt)
-        self._call(
-            "rl_qkv_rope_cache", q.data_ptr(), qkv.data_ptr(),
-            bias.data_ptr() if bias is not None else None,
-            st.rope.cos.data_ptr(), st.rope.sin.data_ptr(), st.pos, st.slot_b, st.slot_o,
-            kc.data_ptr(), vc.data_ptr(), st.n_tok, cfg.num_heads, cfg.num_kv_heads,
-            cfg.head_dim, st.block_size, _CODE[dt], self.stream,
-        )  # fmt: skip
+        tail = (bias.data_ptr() if bias is not None else None, st.rope.cos.data_ptr(),
+                st.rope.sin.data_ptr(), st.pos, st.slot_b, st.slot_o, kc.data_ptr(),
+                vc.data_ptr(), st.n_tok, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                st.block_size, _CODE[dt], self.stream)  # fmt: skip
+        if parts is not None:
+            if parts.rows != st.n_tok:
+                raise ValueError(f"qkv partials of {parts.rows} rows for a step of {st.n_tok}")
+            self._call("rl_qkv_rope_cache_parts", q.data_ptr(), parts.t.data_ptr(), parts.splits,
+                       *tail)  # fmt: skip
+        else:
+            self._call("rl_qkv_rope_cache", q.data_ptr(), qkv.data_ptr(), *tail)
         return q
 
     def attention(
@@ -516,6 +599,14 @@ class CudaOps(DecoderOps):
             if version == "auto":  # tensor cores for bf16 (v5), else v4
                 version = "v5" if dt == "bfloat16" else "v4"
             kps = self.keys_per_split or keys_per_split(version, st.n_tok)
+            # v5 loads its first tiles before waiting for the previous kernel when every row
+            # is its sequence's only token (the only key written this step is each row's last)
+            prefetch = int(st.plan.num_decode == st.n_tok)
+            stages = 2
+            if (version == "v5" and prefetch and d == 64 and hq // hkv <= 16
+                    and not self.keys_per_split and not self.force_nsplit
+                    and st.n_tok <= self.attn_long_rows):  # fmt: skip
+                kps, stages = ATTN_LONG_KEYS, ATTN_LONG_STAGES
             if self.force_nsplit:
                 nsplit = self.force_nsplit
                 kps = -(-st.max_ctx // nsplit)
@@ -537,12 +628,9 @@ class CudaOps(DecoderOps):
                      part_ml.data_ptr() if part_ml is not None else None)  # fmt: skip
             # 801: no instance for this shape → v5 falls back to v4, v4 / v3 to v2, v2 to v1
             chain = [version] + (["v4"] if version == "v5" else []) + ["v2"]
-            # v5 loads its first tile before waiting for the previous kernel when every row
-            # is its sequence's only token (the only key written this step is each row's last)
-            prefetch = int(st.plan.num_decode == st.n_tok)
             for fn in dict.fromkeys(f"rl_paged_attention_{v}" for v in chain):
                 extra = (counters,) if fn[-2:] in ("v4", "v5") else ()
-                a = (*args[:-2], prefetch, *args[-2:]) if fn.endswith("v5") else args
+                a = (*args[:-2], prefetch, stages, *args[-2:]) if fn.endswith("v5") else args
                 rc = getattr(self.lib, fn)(*parts, *extra, *a)
                 if rc == 0:
                     return out
@@ -608,14 +696,13 @@ class CudaOps(DecoderOps):
         return out
 
     def final_norm(
-        self, x: paddle.Tensor, delta: paddle.Tensor, w: paddle.Tensor, st: CudaStep, eps: float
-    ) -> paddle.Tensor:
+        self, x: paddle.Tensor, delta: paddle.Tensor | SplitKParts | None, w: paddle.Tensor,
+        st: CudaStep, eps: float,
+    ) -> paddle.Tensor:  # fmt: skip
         dt = dtype_name(x)
         h = int(x.shape[1])
         out = self._empty([st.n_sample, h], dt)
-        self._call("rl_rms_norm", out.data_ptr(), None, x.data_ptr(),
-                   delta.data_ptr() if delta is not None else None, st.rows, w.data_ptr(),
-                   st.n_sample, h, eps, _CODE[dt], self.stream)  # fmt: skip
+        self._norm(out, None, x.data_ptr(), delta, st.rows, w, st.n_sample, h, eps, dt)
         return out
 
     def logits(self, rows: paddle.Tensor, lm_head: paddle.Tensor) -> paddle.Tensor:

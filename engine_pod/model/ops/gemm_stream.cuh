@@ -22,20 +22,31 @@
 //   5. each block sums its rows' S x 2 partials in split order (deterministic; no workspace,
 //      no counters) and writes bf16.
 //
-// Launcher: rl_stream_gemm (extern "C" in kernels.cu); 801 (cudaErrorNotSupported) for shapes
-// it does not take, so the caller uses cuBLAS. Needs bf16, contiguous rows, 16-byte aligned
-// pointers, N % 64 == 0, K % 16 == 0.
+// PARTS mode (Mode::parts) skips 4 and 5 and the cluster: each block adds its two k groups
+// and stores its float32 partial sums to parts[split][m][n] (plain coalesced stores), and the
+// kernel that reads the product next sums the S partials in split order and rounds once
+// (kernels.cu: parts_value; rms_norm_k, qkv_rope_cache_k) — the same value, deterministic,
+// with no block of the GEMM waiting on another. Splits are then not bound to a cluster.
+//
+// Launchers: rl_stream_gemm, rl_stream_gemm_rope, rl_stream_gemm_parts (extern "C" in
+// kernels.cu); 801 (cudaErrorNotSupported) for shapes they do not take, so the caller uses
+// cuBLAS. Needs bf16, contiguous rows, 16-byte aligned pointers, N % 64 == 0, K % 16 == 0.
 
 namespace stream {
 
 constexpr int THREADS = 256;  // 8 warps
 constexpr int BN = 64;        // weight rows (output columns) of a block
-constexpr int MAX_SPLIT = 8;  // portable cluster size
+constexpr int MAX_SPLIT = 8;  // portable cluster size (merge and RoPE modes)
+constexpr int MAX_PARTS = 32;  // splits of PARTS mode (no cluster)
+constexpr int AUTO_PARTS = 8;  // the most pick_splits chooses in PARTS mode (H200: best)
 constexpr int PAD = 8;        // bf16 padding a shared row: ldmatrix's 8 rows hit 8 bank groups
 constexpr int SMEM_MAX = 227 * 1024;
 
+enum class Mode { merge, rope, parts };
+
 struct Params {
   bf16* out;       // [M, N]
+  float* parts;    // PARTS: [S][M][N] float32 partial sums
   const bf16* x;   // [M, K]
   const bf16* w;   // [N, K]
   int M, N, K;
@@ -54,10 +65,6 @@ struct Params {
   int hq, hkv, d, bs;  // out = q [M, hq * d]
 };
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
-}
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;" ::: "memory");
 }
@@ -90,10 +97,14 @@ __host__ __device__ inline int tiles_bytes(int MR, int rs, int ro, bool rope) {
   return t > o ? t : o;
 }
 
+// PARTS: one k group's accumulators, stashed for the other (over ws / xs): 4 warps x 32 lanes
+// x 2 x NT x 4 floats
+__host__ __device__ constexpr int stash_bytes(int MR) { return 4 * 32 * 2 * (MR / 16) * 4 * 4; }
+
 // MR: x rows a block holds (32 or 64; M <= MR). ROPE: the block's bf16 outputs get qkv
 // bias + RoPE + the paged-KV write of qkv_rope_cache_k instead of going to `out` as they are
-// (needs d | BN: a tile holds whole heads).
-template <int MR, bool ROPE>
+// (needs d | BN: a tile holds whole heads). PARTS: float32 partials to p.parts (no cluster).
+template <int MR, bool ROPE, bool PARTS>
 __global__ void __launch_bounds__(THREADS, 2) stream_gemm_k(const Params p) {
   constexpr int NT = MR / 16;  // n-tiles (8 x rows) of a warp: MR / 2 rows
   extern __shared__ __align__(16) unsigned char smem[];
@@ -115,10 +126,10 @@ __global__ void __launch_bounds__(THREADS, 2) stream_gemm_k(const Params p) {
   if (!(p.dbg & 1))
     for (int v = tid; v < BN * vpr; v += THREADS) {
       const int r = v / vpr, c = v - r * vpr;
-      cp_async16(ws + r * p.rs + c * 8, wsrc + (size_t)r * K + c * 8);
+      skinny::cp_async16(ws + r * p.rs + c * 8, wsrc + (size_t)r * K + c * 8, true);
     }
   cp_async_commit();
-  if (S > 1) cluster_arrive_relaxed();  // this block runs (peers write into it at step 4)
+  if (!PARTS && S > 1) cluster_arrive_relaxed();  // this block runs (peers write into it, 4)
   // ROPE: the cos / sin entries of this block's rows (m = split + S lr) and the KV slots —
   // step inputs written before the step's first kernel, so also readable before the wait
   float* rope_s = recv + S * 2 * RO * BN;  // [2][RO][BN]: cos, sin
@@ -140,11 +151,12 @@ __global__ void __launch_bounds__(THREADS, 2) stream_gemm_k(const Params p) {
   // into any output)
   pdl_wait();
   pdl_launch();
-  if (!(p.dbg & 2))
+  if (!(p.dbg & 2)) {
     for (int v = tid; v < M * vpr; v += THREADS) {
       const int m = v / vpr, c = v - m * vpr;
-      cp_async16(xs + m * p.rs + c * 8, p.x + (size_t)m * K + k0 + c * 8);
+      skinny::cp_async16(xs + m * p.rs + c * 8, p.x + (size_t)m * K + k0 + c * 8, true);
     }
+  }
   cp_async_commit();
   cp_async_wait_all();
   __syncthreads();
@@ -175,6 +187,38 @@ __global__ void __launch_bounds__(THREADS, 2) stream_gemm_k(const Params p) {
                          bfr[j / 2][(j & 1) * 2], bfr[j / 2][(j & 1) * 2 + 1]);
   }
   if (p.dbg & 8) return;
+
+  if constexpr (PARTS) {  // k group 1 stashes its sums, k group 0 adds them and stores
+    __syncthreads();       // every warp is done with ws / xs
+    float* stash = reinterpret_cast<float*>(smem);
+    const int base = (warp & 3) * 2 * NT * 4;
+    if (wk == 1) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) stash[(base + (i * NT + j) * 4 + e) * 32 + lane] = acc[i][j][e];
+    }
+    __syncthreads();
+    if (wk == 0) {
+      float* dst = p.parts + (size_t)split * M * p.N + tile * BN;
+      const int g8 = lane >> 2, t4 = lane & 3;
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int wrow = wm * 32 + i * 16 + g8 + (e >> 1) * 8;
+            const int xrow = wx * (MR / 2) + j * 8 + 2 * t4 + (e & 1);
+            if (xrow < M)
+              dst[(size_t)xrow * p.N + wrow] =
+                  acc[i][j][e] + stash[(base + (i * NT + j) * 4 + e) * 32 + lane];
+          }
+    }
+    return;
+  }
 
   // 4. push each partial sum to the block that owns its x row (distributed shared memory
   // stores: nothing waits on a read from another SM), then one cluster barrier
@@ -255,29 +299,36 @@ __global__ void __launch_bounds__(THREADS, 2) stream_gemm_k(const Params p) {
 }
 
 // ---------------------------------------------------------------- host side
-inline size_t smem_bytes(int MR, int K, int S, bool rope = false) {
+inline size_t smem_bytes(int MR, int K, int S, Mode mode = Mode::merge) {
   const int ks = K / 16, maxks = (ks + S - 1) / S, ro = owned_rows(MR, S);
+  if (mode == Mode::parts) {
+    const size_t t = (size_t)(BN + MR) * (maxks * 16 + PAD) * 2;
+    return t > (size_t)stash_bytes(MR) ? t : (size_t)stash_bytes(MR);
+  }
+  const bool rope = mode == Mode::rope;
   const size_t rope_b = rope ? (size_t)2 * ro * BN * 4 + (size_t)ro * 8 : 0;
   return (size_t)tiles_bytes(MR, maxks * 16 + PAD, ro, rope) + (size_t)S * 2 * ro * BN * 4 +
          rope_b;
 }
 
-// The split count for a launch (0: not taken): the most splits (<= 8, each >= 2 k16 steps)
-// whose blocks, each with its slice in shared memory, fit the GPU in one wave.
-inline int pick_splits(int M, int N, int K, int sms) {
+// The split count for a launch (0: not taken): the most splits (<= 8 in one cluster; PARTS:
+// <= AUTO_PARTS; each >= 2 k16 steps) whose blocks, each with its slice in shared memory, fit
+// the GPU in one wave.
+inline int pick_splits(int M, int N, int K, int sms, bool parts = false) {
   if (M < 1 || M > 64 || N % BN || K % 16 || N <= 0) return 0;
   const int MR = M <= 32 ? 32 : 64, tiles = N / BN, ks = K / 16;
-  for (int S = MAX_SPLIT; S >= 1; --S) {
-    const size_t bytes = smem_bytes(MR, K, S, true);  // the larger (ROPE) of the two
+  for (int S = parts ? AUTO_PARTS : MAX_SPLIT; S >= 1; --S) {
+    // merge / RoPE: the larger (RoPE) of the two, so both modes split alike
+    const size_t bytes = smem_bytes(MR, K, S, parts ? Mode::parts : Mode::rope);
     const int per_sm = bytes * 2 <= (size_t)SMEM_MAX ? 2 : 1;
     if (ks >= 2 * S && bytes <= (size_t)SMEM_MAX && tiles * S <= per_sm * sms) return S;
   }
   return 0;
 }
 
-template <int MR, bool ROPE>
+template <int MR, bool ROPE, bool PARTS>
 int launch_mr(const Params& p, int S, bool pdl, cudaStream_t st) {
-  auto kern = stream_gemm_k<MR, ROPE>;
+  auto kern = stream_gemm_k<MR, ROPE, PARTS>;
   static bool attr = false;  // raise the dynamic shared memory limit once (outside captures)
   if (!attr) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_MAX);
@@ -287,11 +338,11 @@ int launch_mr(const Params& p, int S, bool pdl, cudaStream_t st) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3((unsigned)S, (unsigned)(p.N / BN), 1);
   cfg.blockDim = dim3(THREADS, 1, 1);
-  cfg.dynamicSmemBytes = smem_bytes(MR, p.K, S, ROPE);
+  cfg.dynamicSmemBytes = smem_bytes(MR, p.K, S, PARTS ? Mode::parts : ROPE ? Mode::rope : Mode::merge);
   cfg.stream = st;
   cudaLaunchAttribute at[2];
   int n = 0;
-  if (S > 1) {
+  if (!PARTS && S > 1) {
     at[n].id = cudaLaunchAttributeClusterDimension;
     at[n].val.clusterDim.x = (unsigned)S;
     at[n].val.clusterDim.y = 1;
@@ -311,26 +362,34 @@ int launch_mr(const Params& p, int S, bool pdl, cudaStream_t st) {
 
 inline bool aligned16(const void* q) { return ((uintptr_t)q & 15) == 0; }
 
-// splits 0: pick_splits. rope: p's ROPE fields are set (out = q); else they are ignored.
-inline int gemm(Params p, int splits, int sms, bool pdl, cudaStream_t st, bool rope) {
+// splits 0: pick_splits. Mode::rope: p's ROPE fields are set (out = q); Mode::parts: p.parts
+// is set (p.out unused) and must hold splits x M x N floats.
+inline int gemm(Params p, int splits, int sms, bool pdl, cudaStream_t st, Mode mode) {
   const int M = p.M, N = p.N, K = p.K;
+  const bool rope = mode == Mode::rope, parts = mode == Mode::parts;
   if (M == 0) return 0;
-  const int auto_s = pick_splits(M, N, K, sms);
-  if (!auto_s || !p.out || !p.x || !p.w || !aligned16(p.out) || !aligned16(p.x) ||
-      !aligned16(p.w))
+  const int auto_s = pick_splits(M, N, K, sms, parts);
+  void* dst = parts ? (void*)p.parts : (void*)p.out;
+  if (!auto_s || !dst || !p.x || !p.w || !aligned16(dst) || !aligned16(p.x) || !aligned16(p.w))
     return (int)cudaErrorNotSupported;
   if (rope && (p.d <= 0 || BN % p.d || p.d % 2 || N != (p.hq + 2 * p.hkv) * p.d || !p.cos_t ||
                !p.sin_t || !p.pos || !p.slot_b || !p.slot_o || !p.kc || !p.vc))
     return (int)cudaErrorNotSupported;
   const int S = splits > 0 ? splits : auto_s;
   const int MR = M <= 32 ? 32 : 64;
-  if (S > MAX_SPLIT || K / 16 < S || smem_bytes(MR, K, S, rope) > (size_t)SMEM_MAX)
+  if (S > (parts ? MAX_PARTS : MAX_SPLIT) || K / 16 < S ||
+      smem_bytes(MR, K, S, mode) > (size_t)SMEM_MAX)
     return (int)cudaErrorNotSupported;
   p.ks = K / 16;
   p.rs = ((p.ks + S - 1) / S) * 16 + PAD;
   int rc;
-  if (rope) rc = MR == 32 ? launch_mr<32, true>(p, S, pdl, st) : launch_mr<64, true>(p, S, pdl, st);
-  else rc = MR == 32 ? launch_mr<32, false>(p, S, pdl, st) : launch_mr<64, false>(p, S, pdl, st);
+  if (rope)
+    rc = MR == 32 ? launch_mr<32, true, false>(p, S, pdl, st) : launch_mr<64, true, false>(p, S, pdl, st);
+  else if (parts)
+    rc = MR == 32 ? launch_mr<32, false, true>(p, S, pdl, st) : launch_mr<64, false, true>(p, S, pdl, st);
+  else
+    rc = MR == 32 ? launch_mr<32, false, false>(p, S, pdl, st)
+                  : launch_mr<64, false, false>(p, S, pdl, st);
   if (rc) return rc;
   return (int)cudaGetLastError();
 }

@@ -93,28 +93,67 @@ __global__ void gather_rows_k(T* __restrict__ out, const T* __restrict__ table,
   for (int j = threadIdx.x; j < h; j += blockDim.x) dst[j] = src[j];
 }
 
+// ---------------------------------------------------------------- split-K partials
+// A streaming GEMM may hand its product over unreduced: float32 partial sums
+// parts[s][row][col] (s < nparts, pstride = rows x cols elements apart). Its value is the
+// sum over s in order, rounded once to T — what the GEMM itself would have written.
+// parts_values4 writes elements i .. i + 3 (i % 4 == 0, pstride % 4 == 0) to dst, loading 16
+// partials at a time (all in flight: the sums are latency-bound, not bandwidth-bound).
+template <typename T>
+__device__ __forceinline__ void parts_values4(float* dst, const float* __restrict__ parts,
+                                              int nparts, int64_t pstride, int64_t i) {
+  constexpr int BATCH = 16;
+  float a[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int s0 = 0; s0 < nparts; s0 += BATCH) {
+    float4 v[BATCH];
+#pragma unroll
+    for (int u = 0; u < BATCH; ++u)
+      if (s0 + u < nparts) v[u] = __ldcg(reinterpret_cast<const float4*>(parts + (s0 + u) * pstride + i));
+#pragma unroll
+    for (int u = 0; u < BATCH; ++u)
+      if (s0 + u < nparts) a[0] += v[u].x, a[1] += v[u].y, a[2] += v[u].z, a[3] += v[u].w;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) dst[e] = rnd<T>(a[e]);
+}
+
 // ---------------------------------------------------------------- (residual add +) RMSNorm
 // row r = rows ? rows[b] : b;  v = x[r] (+ delta[r], rounded to T);  if x_out: x_out[r] = v
 // out[b] = T(T(v * rsqrt(mean(v^2) + eps)) * w)
+// parts (instead of delta): delta[r] is the value of split-K partials (parts_values4; h % 4
+// == 0), summed into dynamic shared memory (h floats) first.
 template <typename T>
 __global__ void rms_norm_k(T* __restrict__ out, T* x_out, const T* x, const T* __restrict__ delta,
+                           const float* __restrict__ parts, int nparts, int64_t pstride,
                            const int64_t* __restrict__ rows, const T* __restrict__ w, int h,
                            float eps) {
+  extern __shared__ float vrow[];  // [h] when parts
   pdl_entry();
   int64_t r = rows ? rows[blockIdx.x] : blockIdx.x;
   const T* xr = x + r * h;
   const T* dr = delta ? delta + r * h : nullptr;
+  if (parts) {
+    for (int q = threadIdx.x; q < h / 4; q += blockDim.x)
+      parts_values4<T>(vrow + 4 * q, parts, nparts, pstride, r * h + 4 * q);
+    __syncthreads();
+  }
   float ss = 0.f;
-  for (int j = threadIdx.x; j < h; j += blockDim.x) {
+  for (int j = threadIdx.x; j < h; j += blockDim.x) {  // (the same order with or without parts)
     float v = to_f(xr[j]);
     if (dr) v = rnd<T>(v + to_f(dr[j]));
+    if (parts) v = vrow[j] = rnd<T>(v + vrow[j]);  // thread j's own element from here on
     ss += v * v;
   }
   float rs = rsqrtf(block_sum(ss) / (float)h + eps);
   T* o = out + (int64_t)blockIdx.x * h;
   for (int j = threadIdx.x; j < h; j += blockDim.x) {
-    float v = to_f(xr[j]);  // each thread re-reads only the elements it read above
-    if (dr) v = rnd<T>(v + to_f(dr[j]));
+    float v;  // each thread re-reads only the elements it read above
+    if (parts) {
+      v = vrow[j];
+    } else {
+      v = to_f(xr[j]);
+      if (dr) v = rnd<T>(v + to_f(dr[j]));
+    }
     if (x_out) x_out[r * h + j] = from_f<T>(v);
     o[j] = from_f<T>(rnd<T>(v * rs) * to_f(w[j]));
   }
@@ -153,27 +192,35 @@ __global__ void cast_f32_k(float* __restrict__ out, const T* __restrict__ in, in
 // ---------------------------------------------------------------- QKV bias + RoPE + paged-KV write
 // qkv [T, (hq + 2 hkv) * d] (the GEMM output, without bias); cos/sin tables [max_pos, d] in T.
 // q_out [T, hq, d] gets rope(q); K cache gets rope(k), V cache gets v at slot
-// (slot_b[t], slot_o[t]); caches are [num_blocks, bs, hkv, d].
+// (slot_b[t], slot_o[t]); caches are [num_blocks, bs, hkv, d]. parts (instead of qkv): the
+// GEMM's split-K partials (parts_values4; [nparts][T][width], width % 4 == 0).
 template <typename T>
 __global__ void qkv_rope_cache_k(T* __restrict__ q_out, const T* __restrict__ qkv,
                                  const T* __restrict__ bias, const T* __restrict__ cos_t,
                                  const T* __restrict__ sin_t, const int64_t* __restrict__ pos,
                                  const int64_t* __restrict__ slot_b,
                                  const int64_t* __restrict__ slot_o, T* kc, T* vc, int hq, int hkv,
-                                 int d, int bs) {
+                                 int d, int bs, const float* __restrict__ parts, int nparts) {
+  extern __shared__ float prow[];  // [width] when parts: the row's summed partials
   pdl_entry();
   int t = blockIdx.x;
   int width = (hq + 2 * hkv) * d, half = d / 2;
   const T* row = qkv + (int64_t)t * width;
   int64_t p = pos[t];
   int64_t slot = slot_b[t] * bs + slot_o[t];
+  if (parts) {
+    const int64_t pstride = (int64_t)gridDim.x * width;
+    for (int q = threadIdx.x; q < width / 4; q += blockDim.x)
+      parts_values4<T>(prow + 4 * q, parts, nparts, pstride, (int64_t)t * width + 4 * q);
+    __syncthreads();
+  }
   for (int i = threadIdx.x; i < width; i += blockDim.x) {
     int head = i / d, j = i - head * d;
-    float a = to_f(row[i]);
+    float a = parts ? prow[i] : to_f(row[i]);
     if (bias) a = rnd<T>(a + to_f(bias[i]));
     if (head < hq + hkv) {
       int pi = j < half ? i + half : i - half;
-      float pv = to_f(row[pi]);
+      float pv = parts ? prow[pi] : to_f(row[pi]);
       if (bias) pv = rnd<T>(pv + to_f(bias[pi]));
       float rot = j < half ? -pv : pv;
       float c = to_f(cos_t[p * d + j]), s = to_f(sin_t[p * d + j]);
@@ -771,8 +818,9 @@ __global__ void __launch_bounds__(128) paged_attention_v4_k(
 
 // ---------------------------------------------------------------- paged attention on tensor cores (v5)
 // v4's grid, split lengths and in-launch merge, for bf16 / fp16 caches, with the math on the
-// tensor cores: a tile of 64 keys comes into shared memory with cp.async (16-byte chunks;
-// rows past the split zero-filled) while the previous tile is computed; each of the 4 warps
+// tensor cores: tiles of 64 keys come into shared memory with cp.async (16-byte chunks;
+// rows past the split zero-filled), NST of them in flight (a ring of NST stages: 2, or 8 for
+// long splits, e.g. one split a row, whose whole context then loads at once); each of the 4 warps
 // takes 16 keys of the tile: S = Q K^T by mma.m16n8k16 (the G <= 16 query heads of the kv
 // head are the 16 rows; Q's fragments stay in registers), online softmax on the accumulators
 // (base-2 exponent), O += P V by mma, P packed to T straight from S's accumulators (their
@@ -818,12 +866,13 @@ template <typename T> __device__ __forceinline__ uint32_t pack(float lo, float h
   return (uint32_t)(*reinterpret_cast<uint16_t*>(&a)) |
          ((uint32_t)(*reinterpret_cast<uint16_t*>(&b)) << 16);
 }
-template <int D> __host__ __device__ constexpr int smem_bytes() {  // Q [16] + K, V [2][64] rows of D + 8
-  return (16 + 4 * 64) * (D + 8) * 2;
+// Q [16] + K, V [NST][64] rows of D + 8
+template <int D, int NST = 2> __host__ __device__ constexpr int smem_bytes() {
+  return (16 + 2 * NST * 64) * (D + 8) * 2;
 }
 }  // namespace attn5
 
-template <typename T, int D>
+template <typename T, int D, int NST>
 __global__ void __launch_bounds__(128) paged_attention_v5_k(
     T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
     unsigned* __restrict__ counters, const T* __restrict__ q, const T* __restrict__ kc,
@@ -833,11 +882,11 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
   using namespace attn5;
   constexpr int TILE = 64, RS = D + 8;  // keys a tile; shared row stride (16-byte pad: no conflicts)
   constexpr int CH = D / 8, LOADS = TILE * CH / 128, KST = D / 16, NT = D / 8;
-  static_assert(4 * 16 * D * 4 + 2 * 64 * 4 <= smem_bytes<D>(), "merge area");
+  static_assert(4 * 16 * D * 4 + 2 * 64 * 4 <= smem_bytes<D, NST>(), "merge area");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);  // [16][RS]
-  T* Ks = Qs + 16 * RS;                    // [2][TILE][RS]
-  T* Vs = Ks + 2 * TILE * RS;              // [2][TILE][RS]
+  T* Ks = Qs + 16 * RS;                    // [NST][TILE][RS]
+  T* Vs = Ks + NST * TILE * RS;            // [NST][TILE][RS]
   const int t = blockIdx.x, kh = blockIdx.y, sp = blockIdx.z, nsplit = gridDim.z;
   const int G = hq / hkv, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int L = (int)pos[t] + 1;
@@ -851,7 +900,7 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
   const int64_t* tab = block_tables + seq[t] * (int64_t)bt_stride;
   const int64_t kv_stride = (int64_t)hkv * D;
   const int64_t head0 = (int64_t)t * hq + (int64_t)kh * G;
-  auto issue = [&](int k0, int stage) {  // the tile at k0 into stage (rows past k_end: zeros)
+  auto issue = [&](int k0, int stage) {  // the tile at k0 into stage (rows past k_end: zeros), one group
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
       const int c = tid + i * 128, row = c / CH, col = (c % CH) * 8, k = k0 + row;
@@ -864,14 +913,22 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
     cp_commit();
   };
   const int ntiles = k_begin < k_end ? (k_end - k_begin + TILE - 1) / TILE : 0;
+  // The first min(ntiles, NST) tiles go in flight at once, one cp.async group each, padded with
+  // empty groups to NST (so tile `it` is complete once at most NST - 1 groups are pending).
   // With `prefetch` (every row the only token of its sequence this step, so the kernels
-  // before wrote no key but the row's last), the first tile loads before the wait for the
-  // previous kernel when it holds no key of the last position: the block tables are the
-  // host's, the older keys an earlier step's.
-  const bool early = prefetch && ntiles > 0 && min(k_end, k_begin + TILE) < L;
-  if (early) issue(k_begin, 0);
+  // before wrote no key but the row's last), those holding no key of the last position load
+  // before the wait for the previous kernel: the block tables are the host's, the older keys
+  // an earlier step's.
+  const int first = min(ntiles, NST);
+  int issued = 0;
+  if (prefetch)
+    while (issued < first && min(k_end, k_begin + (issued + 1) * TILE) < L) {
+      issue(k_begin + issued * TILE, issued);
+      ++issued;
+    }
   pdl_entry();
-  if (ntiles > 0 && !early) issue(k_begin, 0);
+  for (; issued < first; ++issued) issue(k_begin + issued * TILE, issued);
+  for (int e = first; e < NST; ++e) cp_commit();
   for (int c = tid; c < 16 * CH; c += 128) {  // Q rows = heads, zero past G
     const int r = c / CH, col = (c % CH) * 8;
     uint4 v = make_uint4(0, 0, 0, 0);
@@ -890,13 +947,8 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
   for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
   for (int it = 0; it < ntiles; ++it) {
-    const int stage = it & 1, kw = k_begin + it * TILE + w * 16;  // this warp's first key
-    if (it + 1 < ntiles) {
-      issue(k_begin + (it + 1) * TILE, stage ^ 1);
-      cp_wait<1>();
-    } else {
-      cp_wait<0>();
-    }
+    const int stage = it % NST, kw = k_begin + it * TILE + w * 16;  // this warp's first key
+    cp_wait<NST - 1>();
     __syncthreads();  // the tile is in shared memory for every warp
     const T* kt = Ks + (stage * TILE + w * 16) * RS;
     float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
@@ -951,6 +1003,10 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
       mma<T>(o[d0 / 8 + 1], pa, vb[2], vb[3]);
     }
     __syncthreads();  // every warp is done with this stage before it is loaded again
+    if (it + NST < ntiles)
+      issue(k_begin + (it + NST) * TILE, stage);
+    else
+      cp_commit();  // (an empty group keeps the count)
   }
 #pragma unroll
   for (int x = 1; x <= 2; x <<= 1) {
@@ -973,6 +1029,8 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
     Lw[w * 16 + r] = l0, Lw[w * 16 + r + 8] = l1;
   }
   __syncthreads();
+  // one live split (the in-launch merge would only divide A by Ls too): the output directly
+  const bool direct = nsplit == 1 || (counters && live == 1);
   for (int i = tid; i < G * D; i += 128) {
     const int g = i / D, e = i % D;
     float M = -INFINITY;
@@ -985,7 +1043,7 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
       Ls += Lw[j * 16 + g] * f;
       A += Ow[(j * 16 + g) * D + e] * f;
     }
-    if (nsplit == 1) {
+    if (direct) {
       out[(head0 + g) * D + e] = from_f<T>(A / Ls);
     } else {
       part_acc[((head0 + g) * nsplit + sp) * D + e] = A;
@@ -995,7 +1053,7 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
       }
     }
   }
-  if (nsplit > 1 && counters)
+  if (!direct && counters)
     merge_splits_last<T, D>(out, part_acc, part_ml, counters + (int64_t)t * hkv + kh, head0, G,
                             nsplit, live);
 }
@@ -1603,7 +1661,7 @@ static void combine_splits(void* out, void* part_acc, void* part_ml, int tokens,
 
 extern "C" {
 
-int rl_version() { return 8; }
+int rl_version() { return 9; }
 
 // out[M, N] = bf16(x[M, K] . W[N, K]^T) on the streaming kernel (gemm_stream.cuh), launched as
 // a programmatic dependent launch when PDL is on; splits 0: the default.
@@ -1611,7 +1669,23 @@ int rl_version() { return 8; }
 int rl_stream_gemm(void* out, const void* x, const void* w, int M, int N, int K, int splits,
                    void* stream) {
   return stream::gemm(stream::plain(out, x, w, M, N, K, 0), splits, num_sms(), g_pdl,
-                      (cudaStream_t)stream, false);
+                      (cudaStream_t)stream, stream::Mode::merge);
+}
+
+// The product left unreduced: parts[splits][M][N] (float32) get the split-K partial sums,
+// which rl_rms_norm_parts / rl_qkv_rope_cache_parts sum in order and round once — the same
+// values rl_stream_gemm writes. splits: as rl_stream_gemm_parts_splits gives (the caller
+// sizes `parts` by it), or another count (1..32). 801: not taken (use cuBLAS).
+int rl_stream_gemm_parts(void* parts, const void* x, const void* w, int M, int N, int K,
+                         int splits, void* stream) {
+  stream::Params p = stream::plain(nullptr, x, w, M, N, K, 0);
+  p.parts = (float*)parts;
+  return stream::gemm(p, splits, num_sms(), g_pdl, (cudaStream_t)stream, stream::Mode::parts);
+}
+
+// the split count rl_stream_gemm_parts takes for these sizes by default (0: not taken)
+int rl_stream_gemm_parts_splits(int M, int N, int K) {
+  return stream::pick_splits(M, N, K, num_sms(), true);
 }
 
 // The qkv projection with rl_qkv_rope_cache's work in its epilogue (bf16):
@@ -1631,14 +1705,17 @@ int rl_stream_gemm_rope(void* q_out, const void* x, const void* w, int M, int N,
   p.kc = (bf16*)kc;
   p.vc = (bf16*)vc;
   p.hq = hq, p.hkv = hkv, p.d = d, p.bs = bs;
-  return stream::gemm(p, splits, num_sms(), g_pdl, (cudaStream_t)stream, true);
+  return stream::gemm(p, splits, num_sms(), g_pdl, (cudaStream_t)stream, stream::Mode::rope);
 }
 
-// lab only: rl_stream_gemm with parts of the kernel skipped (gemm_stream.cuh Params.dbg)
-int rl_stream_gemm_dbg(void* out, const void* x, const void* w, int M, int N, int K, int splits,
-                       int dbg, void* stream) {
-  return stream::gemm(stream::plain(out, x, w, M, N, K, dbg), splits, num_sms(), g_pdl,
-                      (cudaStream_t)stream, false);
+// lab only: rl_stream_gemm (parts NULL) or rl_stream_gemm_parts (out NULL) with parts of the
+// kernel skipped (gemm_stream.cuh Params.dbg)
+int rl_stream_gemm_dbg(void* out, void* parts, const void* x, const void* w, int M, int N, int K,
+                       int splits, int dbg, void* stream) {
+  stream::Params p = stream::plain(out, x, w, M, N, K, dbg);
+  p.parts = (float*)parts;
+  return stream::gemm(p, splits, num_sms(), g_pdl, (cudaStream_t)stream,
+                      parts ? stream::Mode::parts : stream::Mode::merge);
 }
 
 // the split count rl_stream_gemm would use for these sizes (0: not taken)
@@ -1670,8 +1747,22 @@ int rl_rms_norm(void* out, void* x_out, const void* x, const void* delta, const 
   if (n == 0) return 0;
   int th = rows_threads(h / 4 > 0 ? h / 4 : 1);
   DISPATCH(dtype, launch_k(rms_norm_k<T>, n, th, 0, (cudaStream_t)stream,
-                      (T*)out, (T*)x_out, (const T*)x, (const T*)delta, (const int64_t*)rows,
-                      (const T*)w, h, eps));
+                      (T*)out, (T*)x_out, (const T*)x, (const T*)delta, (const float*)nullptr, 0,
+                      (int64_t)0, (const int64_t*)rows, (const T*)w, h, eps));
+  return (int)cudaGetLastError();
+}
+
+// rl_rms_norm with delta given as split-K partials: parts float32 [nparts][m][h] (m: the
+// GEMM's rows; row r of x takes row r of the partials), as rl_stream_gemm_parts writes them
+int rl_rms_norm_parts(void* out, void* x_out, const void* x, const void* parts, int nparts, int m,
+                      const void* rows, const void* w, int n, int h, float eps, int dtype,
+                      void* stream) {
+  if (n == 0) return 0;
+  if (!parts || nparts < 1 || h % 4 || ((uintptr_t)parts & 15)) return (int)cudaErrorInvalidValue;
+  int th = rows_threads(h / 4 > 0 ? h / 4 : 1);
+  DISPATCH(dtype, launch_k(rms_norm_k<T>, n, th, (size_t)h * 4, (cudaStream_t)stream,
+                      (T*)out, (T*)x_out, (const T*)x, (const T*)nullptr, (const float*)parts,
+                      nparts, (int64_t)m * h, (const int64_t*)rows, (const T*)w, h, eps));
   return (int)cudaGetLastError();
 }
 
@@ -1697,18 +1788,40 @@ int rl_cast_f32(void* out, const void* in, int64_t n, int dtype, void* stream) {
   return (int)cudaGetLastError();
 }
 
+static int qkv_rope_launch(void* q_out, const void* qkv, const void* parts, int nparts,
+                           const void* bias, const void* cos_t, const void* sin_t, const void* pos,
+                           const void* slot_b, const void* slot_o, void* kc, void* vc, int tokens,
+                           int hq, int hkv, int d, int bs, int dtype, void* stream) {
+  if (tokens == 0) return 0;
+  int width = (hq + 2 * hkv) * d;
+  int th = rows_threads(width / 2);
+  if (th > 512) th = 512;
+  size_t smem = parts ? (size_t)width * 4 : 0;
+  DISPATCH(dtype, launch_k(qkv_rope_cache_k<T>, tokens, th, smem, (cudaStream_t)stream,
+                      (T*)q_out, (const T*)qkv, (const T*)bias, (const T*)cos_t, (const T*)sin_t,
+                      (const int64_t*)pos, (const int64_t*)slot_b, (const int64_t*)slot_o, (T*)kc,
+                      (T*)vc, hq, hkv, d, bs, (const float*)parts, nparts));
+  return (int)cudaGetLastError();
+}
+
 int rl_qkv_rope_cache(void* q_out, const void* qkv, const void* bias, const void* cos_t,
                       const void* sin_t, const void* pos, const void* slot_b, const void* slot_o,
                       void* kc, void* vc, int tokens, int hq, int hkv, int d, int bs, int dtype,
                       void* stream) {
-  if (tokens == 0) return 0;
-  int th = rows_threads((hq + 2 * hkv) * d / 2);
-  if (th > 512) th = 512;
-  DISPATCH(dtype, launch_k(qkv_rope_cache_k<T>, tokens, th, 0, (cudaStream_t)stream,
-                      (T*)q_out, (const T*)qkv, (const T*)bias, (const T*)cos_t, (const T*)sin_t,
-                      (const int64_t*)pos, (const int64_t*)slot_b, (const int64_t*)slot_o, (T*)kc,
-                      (T*)vc, hq, hkv, d, bs));
-  return (int)cudaGetLastError();
+  return qkv_rope_launch(q_out, qkv, nullptr, 0, bias, cos_t, sin_t, pos, slot_b, slot_o, kc, vc,
+                         tokens, hq, hkv, d, bs, dtype, stream);
+}
+
+// rl_qkv_rope_cache on the qkv projection's split-K partials: parts float32
+// [nparts][tokens][(hq + 2 hkv) d], as rl_stream_gemm_parts writes them
+int rl_qkv_rope_cache_parts(void* q_out, const void* parts, int nparts, const void* bias,
+                            const void* cos_t, const void* sin_t, const void* pos,
+                            const void* slot_b, const void* slot_o, void* kc, void* vc,
+                            int tokens, int hq, int hkv, int d, int bs, int dtype, void* stream) {
+  if (!parts || nparts < 1 || ((hq + 2 * hkv) * d) % 4 || ((uintptr_t)parts & 15))
+    return (int)cudaErrorInvalidValue;
+  return qkv_rope_launch(q_out, nullptr, parts, nparts, bias, cos_t, sin_t, pos, slot_b, slot_o,
+                         kc, vc, tokens, hq, hkv, d, bs, dtype, stream);
 }
 
 int rl_paged_attention_smem(int hq, int hkv, int d) {
@@ -1823,38 +1936,39 @@ int rl_paged_attention_v4(void* out, void* part_acc, void* part_ml, void* counte
 }
 
 // v5: the same contract as v4, plus `prefetch` (1: every row is the only token of its
-// sequence in this step; see the kernel); 801 unless the caches are bf16, d in {64, 128} and
-// hq / hkv <= 16 (then use v4). (The kernel has an fp16 instance too, not yet checked on a
-// device: not launched.)
+// sequence in this step; see the kernel) and `stages` (tiles of 64 keys in flight: 2, or 8
+// for d = 64); 801 unless the caches are bf16, d in {64, 128} and hq / hkv <= 16 (then use
+// v4). (The kernel has an fp16 instance too, not yet checked on a device: not launched.)
 int rl_paged_attention_v5(void* out, void* part_acc, void* part_ml, void* counters,
                           const void* q, const void* kc, const void* vc, const void* block_tables,
                           int bt_stride, const void* seq, const void* pos, int tokens, int hq,
                           int hkv, int d, int bs, float scale, int nsplit, int keys_per_split,
-                          int prefetch, int dtype, void* stream) {
+                          int prefetch, int stages, int dtype, void* stream) {
   if (tokens == 0) return 0;
-  if (hq / hkv > 16 || nsplit < 1 || !(d == 64 || d == 128) || dtype != 1)
+  if (hq / hkv > 16 || nsplit < 1 || !(d == 64 || d == 128) || dtype != 1 ||
+      !(stages == 2 || (stages == 8 && d == 64)))
     return (int)cudaErrorNotSupported;
   dim3 grid(tokens, hkv, nsplit);
   cudaStream_t st = (cudaStream_t)stream;
   unsigned* cnt = nsplit > 1 ? (unsigned*)counters : NULL;
-#define V5(TT, DD)                                                                             \
-  if (d == DD) {                                                                               \
-    constexpr int smem = attn5::smem_bytes<DD>();                                              \
+#define V5(TT, DD, NS)                                                                         \
+  if (d == DD && stages == NS) {                                                               \
+    constexpr int smem = attn5::smem_bytes<DD, NS>();                                          \
     static bool attr = false;                                                                  \
     if (!attr) {                                                                               \
-      cudaError_t e = cudaFuncSetAttribute(paged_attention_v5_k<TT, DD>,                      \
+      cudaError_t e = cudaFuncSetAttribute(paged_attention_v5_k<TT, DD, NS>,                  \
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem); \
       if (e != cudaSuccess) return (int)e;                                                     \
       attr = true;                                                                             \
     }                                                                                          \
-    launch_k(paged_attention_v5_k<TT, DD>, grid, 128, smem, st,                                \
+    launch_k(paged_attention_v5_k<TT, DD, NS>, grid, 128, smem, st,                            \
         (TT*)out, (float*)part_acc, (float*)part_ml, cnt, (const TT*)q, (const TT*)kc,         \
         (const TT*)vc, (const int64_t*)block_tables, bt_stride, (const int64_t*)seq,           \
         (const int64_t*)pos, hq, hkv, bs, scale, keys_per_split, prefetch);                    \
     if (nsplit > 1 && !cnt)                                                                    \
       combine_splits<TT>(out, part_acc, part_ml, tokens, hq, d, nsplit, st);                   \
   }
-  V5(bf16, 64) V5(bf16, 128)
+  V5(bf16, 64, 2) V5(bf16, 128, 2) V5(bf16, 64, 8)
 #undef V5
   return (int)cudaGetLastError();
 }
