@@ -233,6 +233,10 @@ def attn_timing(lib) -> None:
             nsplit = max(1, -(-cap // kps))
             _, launch = case.run(lib, version, nsplit, kps, counters)
             row[name] = round(graph_us(launch), 2)
+        for kps, stages in ((128, 2), (256, 4), (512, 8)):  # every tile of a split in flight
+            for pre in (0, 1):
+                _, launch = case.run(lib, "v5", cap // kps, kps, counters, pre, stages)
+                row[f"v5_{kps}_st{stages}_pre{pre}"] = round(graph_us(launch), 2)
         kv_bytes = B * 513 * 2 * case.hkv * case.d * 2
         row["kv_MB"] = round(kv_bytes / 1e6, 2)
         rows.append(row)
@@ -781,11 +785,11 @@ def layer_lab(lib) -> None:
         # the streaming GEMMs for what they take (qkv, o, down), PDL + v5's early tile;
         # "rope": + qkv bias, RoPE and the KV write in qkv's epilogue; "parts": partials
         # summed by the next kernel (default split counts, then fixed ones)
-        # attention: "long" = 512-key splits with all 8 tiles in flight (one split a row up to
-        # 512 keys) instead of 128-key splits, 2 in flight
+        # attention: (keys a split, tiles in flight) other than the default: 256 keys with 4,
+        # 512 with 8 (one split a row up to 512 keys: no merge)
         default_attn = (chain.kps, chain.stages)
-        modes = [(True, 0, None), ("rope", 0, None), ("parts", 0, None), ("parts", 12, None),
-                 (False, 0, (512, 8)), ("parts", 0, (512, 8))]  # fmt: skip
+        modes = [(True, 0, None), ("rope", 0, None), ("parts", 0, None), (False, 0, (256, 4)),
+                 (False, 0, (512, 8)), ("parts", 0, (256, 4)), ("parts", 0, (512, 8))]  # fmt: skip
         for mode, sp, attn in modes:
             if B > 64 and mode:
                 continue
@@ -794,7 +798,7 @@ def layer_lab(lib) -> None:
             graph = chain.capture()
             key = {True: "stream_gemm", "rope": "stream_rope", "parts": "stream_parts",
                    False: "cublas"}[mode]  # fmt: skip
-            key += (f"_s{sp}" if sp else "") + ("_attn_long" if attn else "")
+            key += (f"_s{sp}" if sp else "") + (f"_attn{attn[0]}" if attn else "")
             row[f"{key}_us_per_layer"] = round(replay_us(graph) / chain.layers, 2)
             errs = []
             for x, ref in zip(inputs, outs["plain"], strict=True):
@@ -815,7 +819,7 @@ def layer_lab(lib) -> None:
             for name in ("norm1", "qkv", "rope", "attn", "o", "norm2", "gate_up", "silu", "down"):
                 chain.skip = {name}
                 graph = chain.capture()
-                key = ("parts" if mode else "cublas") + ("_attn_long" if attn else "")
+                key = ("parts" if mode else "cublas") + (f"_attn{attn[0]}" if attn else "")
                 row[f"{key}_without_{name}"] = round(replay_us(graph) / chain.layers, 2)
                 del graph
             chain.skip = set()

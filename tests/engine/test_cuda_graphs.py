@@ -152,9 +152,10 @@ def test_shape_rules_change_only_at_graph_buckets() -> None:
     differently (the same request could get other tokens from a replay than eagerly)."""
     from engine_pod.model.cuda_graphs import batch_buckets
     from engine_pod.model.ops.cuda import (
-        ATTN_LONG_ROWS,
+        ATTN_DEEP_ROWS,
         FUSED_GEMM_ROWS,
         STREAM_GEMM_ROWS,
+        deep_split,
         keys_per_split,
     )
 
@@ -163,8 +164,9 @@ def test_shape_rules_change_only_at_graph_buckets() -> None:
         b = next(x for x in buckets if x >= n)
         for version in ("v2", "v3", "v4", "v5"):
             assert keys_per_split(version, n) == keys_per_split(version, b), (version, n, b)
-        # the fused GEMMs', the streaming GEMMs' and long attention splits' row limits
+        assert deep_split(n) == deep_split(b), (n, b)
+        # the fused GEMMs', the streaming GEMMs' and deep attention splits' row limits
         # (defaults and the tuned 64), and the streaming kernel's 32- / 64-row blocks
-        for limit in {FUSED_GEMM_ROWS, STREAM_GEMM_ROWS, ATTN_LONG_ROWS, 32, 64}:
+        for limit in {FUSED_GEMM_ROWS, STREAM_GEMM_ROWS, ATTN_DEEP_ROWS, 32, 64}:
             assert (n <= limit) == (b <= limit), (limit, n, b)
     assert keys_per_split("v5", 1) < keys_per_split("v5", 128)  # longer splits for big batches

@@ -92,11 +92,10 @@ _SIGNATURES: dict[str, list[Any]] = {
     ],
 }
 ATTN_KEYS_PER_SPLIT = int(os.environ.get("RLFLEET_ATTN_KPS", "0"))  # 0: by batch size
-# decode-only bf16 steps of at most this many rows (head_dim 64) run attention v5 on splits of
-# ATTN_LONG_KEYS keys with all their tiles in flight (one split a row up to that context:
-# no merge) instead of short splits two tiles deep; 0: never
-ATTN_LONG_ROWS = int(os.environ.get("RLFLEET_ATTN_LONG_ROWS", "0"))
-ATTN_LONG_KEYS, ATTN_LONG_STAGES = 512, 8
+# decode-only bf16 steps of at most this many rows (head_dim 64) run attention v5 with every
+# tile of a split in flight and half of them computed at once, on longer splits
+# (`deep_split`); larger steps: short splits two tiles deep. 0: never
+ATTN_DEEP_ROWS = int(os.environ.get("RLFLEET_ATTN_DEEP_ROWS", "64"))
 _ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "int32": 4}
 _CODE = {"float32": 0, "bfloat16": 1, "float16": 2}
 MIN_STRIDE = 8  # smallest block-table row of a step (blocks)
@@ -113,7 +112,8 @@ _GEMM_NORM, _GEMM_RES, _GEMM_NORM_SILU = 1, 2, 5  # gemm.cuh flags: prologue / e
 # bf16 GEMMs of at most this many rows (and more than the fused path's) run on the streaming
 # kernel (gemm_stream.cuh: weight copies start before the previous kernel ends) when it takes
 # the shape (a decoder's qkv / o / down; not gate_up or the LM head); the rest on cuBLAS. 0: never.
-STREAM_GEMM_ROWS = int(os.environ.get("RLFLEET_STREAM_GEMM_ROWS", "0"))
+# (H200, 24-layer chain: 1.5 / 4.8 us a layer faster than cuBLAS at 64 / 32 rows; round 6.)
+STREAM_GEMM_ROWS = int(os.environ.get("RLFLEET_STREAM_GEMM_ROWS", "64"))
 # how its split-K partial sums are added: "next" (the default) by the kernel that reads the
 # product next (the qkv projection's RoPE + KV write, the residual add + RMSNorm after o and
 # down: `linear_deferred`, `qkv_rope_linear`), "cluster" inside the GEMM (distributed shared
@@ -131,6 +131,13 @@ def stride_bucket(need: int) -> int:
     length, so eager steps and CUDA-graph replays (which must fix it) split and round alike."""
     n = max(MIN_STRIDE, need)
     return 1 << (n - 1).bit_length()
+
+
+def deep_split(tokens: int) -> tuple[int, int]:
+    """(keys a split, tiles in flight) of a deep-split decode step of `tokens` rows: 256 keys
+    up to 16 rows, 512 above (one split a row up to 512 keys: no merge) — the faster in a
+    24-layer chain on the H200 (bench/gpu/RESULTS.md round 6). Changes only at a graph bucket."""
+    return (256, 4) if tokens <= 16 else (512, 8)
 
 
 def keys_per_split(version: str, tokens: int) -> int:
@@ -262,7 +269,7 @@ class CudaOps(DecoderOps):
         self.fused_gemm_rows = max([0] + [b for b in BATCH_BUCKETS if b <= FUSED_GEMM_ROWS])
         self._fused_ok: dict[tuple[int, ...], bool] = {}
         self.stream_gemm_rows = max([0] + [b for b in BATCH_BUCKETS if b <= STREAM_GEMM_ROWS])
-        self.attn_long_rows = max([0] + [b for b in BATCH_BUCKETS if b <= ATTN_LONG_ROWS])
+        self.attn_deep_rows = max([0] + [b for b in BATCH_BUCKETS if b <= ATTN_DEEP_ROWS])
         if STREAM_MERGE not in ("next", "cluster"):
             raise ValueError(f"RLFLEET_STREAM_MERGE must be next or cluster, got {STREAM_MERGE!r}")
         self.stream_merge = STREAM_MERGE
@@ -605,8 +612,8 @@ class CudaOps(DecoderOps):
             stages = 2
             if (version == "v5" and prefetch and d == 64 and hq // hkv <= 16
                     and not self.keys_per_split and not self.force_nsplit
-                    and st.n_tok <= self.attn_long_rows):  # fmt: skip
-                kps, stages = ATTN_LONG_KEYS, ATTN_LONG_STAGES
+                    and st.n_tok <= self.attn_deep_rows):  # fmt: skip
+                kps, stages = deep_split(st.n_tok)
             if self.force_nsplit:
                 nsplit = self.force_nsplit
                 kps = -(-st.max_ctx // nsplit)

@@ -873,7 +873,7 @@ template <int D, int NST = 2> __host__ __device__ constexpr int smem_bytes() {
 }  // namespace attn5
 
 template <typename T, int D, int NST>
-__global__ void __launch_bounds__(128) paged_attention_v5_k(
+__global__ void __launch_bounds__(NST >= 4 ? 256 : 128) paged_attention_v5_k(
     T* __restrict__ out, float* __restrict__ part_acc, float* __restrict__ part_ml,
     unsigned* __restrict__ counters, const T* __restrict__ q, const T* __restrict__ kc,
     const T* __restrict__ vc, const int64_t* __restrict__ block_tables, int bt_stride,
@@ -881,8 +881,12 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
     float scale, int keys_per_split, int prefetch) {
   using namespace attn5;
   constexpr int TILE = 64, RS = D + 8;  // keys a tile; shared row stride (16-byte pad: no conflicts)
-  constexpr int CH = D / 8, LOADS = TILE * CH / 128, KST = D / 16, NT = D / 8;
-  static_assert(4 * 16 * D * 4 + 2 * 64 * 4 <= smem_bytes<D, NST>(), "merge area");
+  // WG groups of 4 warps, each on its own tile: two tiles computed at once with 4+ stages
+  // (H200: faster than one; four were slower), one with 2
+  constexpr int WG = NST >= 4 ? 2 : 1, NW = 4 * WG, THR = 32 * NW;
+  constexpr int CH = D / 8, LOADS = TILE * CH / THR, KST = D / 16, NT = D / 8;
+  static_assert(NW * 16 * D * 4 + 2 * NW * 16 * 4 <= smem_bytes<D, NST>(), "merge area");
+  static_assert(NST % WG == 0, "stages");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);  // [16][RS]
   T* Ks = Qs + 16 * RS;                    // [NST][TILE][RS]
@@ -900,13 +904,23 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
   const int64_t* tab = block_tables + seq[t] * (int64_t)bt_stride;
   const int64_t kv_stride = (int64_t)hkv * D;
   const int64_t head0 = (int64_t)t * hq + (int64_t)kh * G;
+  // the split's block-table entries (up to TABN) in shared memory, read in one parallel load:
+  // a tile's copies then wait on no global load (the host writes the tables before the step,
+  // so this also runs before the wait for the previous kernel)
+  constexpr int TABN = 64;
+  __shared__ int64_t tab_s[TABN];
+  const int b0 = k_begin / bs, nb = k_begin < k_end ? min(TABN, (k_end - 1) / bs - b0 + 1) : 0;
+  for (int i = tid; i < nb; i += THR) tab_s[i] = tab[b0 + i];
+  __syncthreads();
   auto issue = [&](int k0, int stage) {  // the tile at k0 into stage (rows past k_end: zeros), one group
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
-      const int c = tid + i * 128, row = c / CH, col = (c % CH) * 8, k = k0 + row;
+      const int c = tid + i * THR, row = c / CH, col = (c % CH) * 8, k = k0 + row;
       const bool ok = k < k_end;
+      const int bi = k / bs - b0;
       const int64_t off =
-          ok ? (tab[k / bs] * bs + (k % bs)) * kv_stride + (int64_t)kh * D + col : 0;
+          ok ? ((bi < nb ? tab_s[bi] : tab[k / bs]) * bs + (k % bs)) * kv_stride + (int64_t)kh * D + col
+             : 0;
       cp16(Ks + (stage * TILE + row) * RS + col, kc + off, ok);
       cp16(Vs + (stage * TILE + row) * RS + col, vc + off, ok);
     }
@@ -929,7 +943,7 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
   pdl_entry();
   for (; issued < first; ++issued) issue(k_begin + issued * TILE, issued);
   for (int e = first; e < NST; ++e) cp_commit();
-  for (int c = tid; c < 16 * CH; c += 128) {  // Q rows = heads, zero past G
+  for (int c = tid; c < 16 * CH; c += THR) {  // Q rows = heads, zero past G
     const int r = c / CH, col = (c % CH) * 8;
     uint4 v = make_uint4(0, 0, 0, 0);
     if (r < G) v = *reinterpret_cast<const uint4*>(q + (head0 + r) * D + col);
@@ -946,11 +960,14 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
 #pragma unroll
   for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-  for (int it = 0; it < ntiles; ++it) {
-    const int stage = it % NST, kw = k_begin + it * TILE + w * 16;  // this warp's first key
-    cp_wait<NST - 1>();
-    __syncthreads();  // the tile is in shared memory for every warp
-    const T* kt = Ks + (stage * TILE + w * 16) * RS;
+  const int wq = w & 3;  // the warp's 16 keys of its group's tile
+  for (int it0 = 0; it0 < ntiles; it0 += WG) {
+    const int it = it0 + w / 4;  // this warp group's tile
+    const int stage = it % NST, kw = k_begin + it * TILE + wq * 16;  // this warp's first key
+    cp_wait<NST - WG>();
+    __syncthreads();  // tiles it0 .. it0 + WG - 1 are in shared memory for every warp
+    if (it < ntiles) {
+    const T* kt = Ks + (stage * TILE + wq * 16) * RS;
     float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
     for (int ks = 0; ks < KST; ++ks) {
@@ -994,7 +1011,7 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
     for (int n = 0; n < NT; ++n) o[n][0] *= a0, o[n][1] *= a0, o[n][2] *= a1, o[n][3] *= a1;
     const uint32_t pa[4] = {pack<T>(s[0][0], s[0][1]), pack<T>(s[0][2], s[0][3]),
                             pack<T>(s[1][0], s[1][1]), pack<T>(s[1][2], s[1][3])};
-    const T* vt = Vs + (stage * TILE + w * 16) * RS;
+    const T* vt = Vs + (stage * TILE + wq * 16) * RS;
 #pragma unroll
     for (int d0 = 0; d0 < D; d0 += 16) {
       uint32_t vb[4];
@@ -1002,21 +1019,25 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
       mma<T>(o[d0 / 8], pa, vb[0], vb[1]);
       mma<T>(o[d0 / 8 + 1], pa, vb[2], vb[3]);
     }
-    __syncthreads();  // every warp is done with this stage before it is loaded again
-    if (it + NST < ntiles)
-      issue(k_begin + (it + NST) * TILE, stage);
-    else
-      cp_commit();  // (an empty group keeps the count)
+    }  // it < ntiles
+    __syncthreads();  // every warp is done with these stages before they are loaded again
+#pragma unroll
+    for (int g = 0; g < WG; ++g) {
+      if (it0 + g + NST < ntiles)
+        issue(k_begin + (it0 + g + NST) * TILE, (it0 + g) % NST);
+      else
+        cp_commit();  // (an empty group keeps the count)
+    }
   }
 #pragma unroll
   for (int x = 1; x <= 2; x <<= 1) {
     l0 += __shfl_xor_sync(0xffffffffu, l0, x);
     l1 += __shfl_xor_sync(0xffffffffu, l1, x);
   }
-  // the 4 warps' (O, m, l) through shared memory (the tiles' space), merged per (head, element)
-  float* Ow = reinterpret_cast<float*>(smem_raw);  // [4][16][D]
-  float* Mw = Ow + 4 * 16 * D;                     // [4][16]
-  float* Lw = Mw + 64;                             // [4][16]
+  // the NW warps' (O, m, l) through shared memory (the tiles' space), merged per (head, element)
+  float* Ow = reinterpret_cast<float*>(smem_raw);  // [NW][16][D]
+  float* Mw = Ow + NW * 16 * D;                    // [NW][16]
+  float* Lw = Mw + NW * 16;                        // [NW][16]
   __syncthreads();
 #pragma unroll
   for (int n = 0; n < NT; ++n) {
@@ -1031,14 +1052,14 @@ __global__ void __launch_bounds__(128) paged_attention_v5_k(
   __syncthreads();
   // one live split (the in-launch merge would only divide A by Ls too): the output directly
   const bool direct = nsplit == 1 || (counters && live == 1);
-  for (int i = tid; i < G * D; i += 128) {
+  for (int i = tid; i < G * D; i += THR) {
     const int g = i / D, e = i % D;
     float M = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) M = fmaxf(M, Mw[j * 16 + g]);
+    for (int j = 0; j < NW; ++j) M = fmaxf(M, Mw[j * 16 + g]);
     float Ls = 0.f, A = 0.f;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < NW; ++j) {
       const float f = Mw[j * 16 + g] == -INFINITY ? 0.f : exp2f(Mw[j * 16 + g] - M);
       Ls += Lw[j * 16 + g] * f;
       A += Ow[(j * 16 + g) * D + e] * f;
@@ -1936,7 +1957,7 @@ int rl_paged_attention_v4(void* out, void* part_acc, void* part_ml, void* counte
 }
 
 // v5: the same contract as v4, plus `prefetch` (1: every row is the only token of its
-// sequence in this step; see the kernel) and `stages` (tiles of 64 keys in flight: 2, or 8
+// sequence in this step; see the kernel) and `stages` (tiles of 64 keys in flight: 2, or 4 / 8
 // for d = 64); 801 unless the caches are bf16, d in {64, 128} and hq / hkv <= 16 (then use
 // v4). (The kernel has an fp16 instance too, not yet checked on a device: not launched.)
 int rl_paged_attention_v5(void* out, void* part_acc, void* part_ml, void* counters,
@@ -1946,7 +1967,7 @@ int rl_paged_attention_v5(void* out, void* part_acc, void* part_ml, void* counte
                           int prefetch, int stages, int dtype, void* stream) {
   if (tokens == 0) return 0;
   if (hq / hkv > 16 || nsplit < 1 || !(d == 64 || d == 128) || dtype != 1 ||
-      !(stages == 2 || (stages == 8 && d == 64)))
+      !(stages == 2 || ((stages == 4 || stages == 8) && d == 64)))
     return (int)cudaErrorNotSupported;
   dim3 grid(tokens, hkv, nsplit);
   cudaStream_t st = (cudaStream_t)stream;
@@ -1961,14 +1982,14 @@ int rl_paged_attention_v5(void* out, void* part_acc, void* part_ml, void* counte
       if (e != cudaSuccess) return (int)e;                                                     \
       attr = true;                                                                             \
     }                                                                                          \
-    launch_k(paged_attention_v5_k<TT, DD, NS>, grid, 128, smem, st,                            \
+    launch_k(paged_attention_v5_k<TT, DD, NS>, grid, NS >= 4 ? 256 : 128, smem, st,            \
         (TT*)out, (float*)part_acc, (float*)part_ml, cnt, (const TT*)q, (const TT*)kc,         \
         (const TT*)vc, (const int64_t*)block_tables, bt_stride, (const int64_t*)seq,           \
         (const int64_t*)pos, hq, hkv, bs, scale, keys_per_split, prefetch);                    \
     if (nsplit > 1 && !cnt)                                                                    \
       combine_splits<TT>(out, part_acc, part_ml, tokens, hq, d, nsplit, st);                   \
   }
-  V5(bf16, 64, 2) V5(bf16, 128, 2) V5(bf16, 64, 8)
+  V5(bf16, 64, 2) V5(bf16, 128, 2) V5(bf16, 64, 4) V5(bf16, 64, 8)
 #undef V5
   return (int)cudaGetLastError();
 }
