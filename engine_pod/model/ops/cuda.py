@@ -112,8 +112,8 @@ _GEMM_NORM, _GEMM_RES, _GEMM_NORM_SILU = 1, 2, 5  # gemm.cuh flags: prologue / e
 # bf16 GEMMs of at most this many rows (and more than the fused path's) run on the streaming
 # kernel (gemm_stream.cuh: weight copies start before the previous kernel ends) when it takes
 # the shape (a decoder's qkv / o / down; not gate_up or the LM head); the rest on cuBLAS. 0: never.
-# (H200, 24-layer chain: 1.5 / 4.8 us a layer faster than cuBLAS at 64 / 32 rows; round 6.)
-STREAM_GEMM_ROWS = int(os.environ.get("RLFLEET_STREAM_GEMM_ROWS", "64"))
+# (H200 engine, 0.5B shape: -84 us a step at 32 rows, +20 us at 64: bench/gpu/RESULTS.md round 6.)
+STREAM_GEMM_ROWS = int(os.environ.get("RLFLEET_STREAM_GEMM_ROWS", "32"))
 # how its split-K partial sums are added: "next" (the default) by the kernel that reads the
 # product next (the qkv projection's RoPE + KV write, the residual add + RMSNorm after o and
 # down: `linear_deferred`, `qkv_rope_linear`), "cluster" inside the GEMM (distributed shared
