@@ -701,25 +701,30 @@ def stream_parts_lab(lib) -> None:
         ws = [torch.randn(n, k, device="cuda").to(torch.bfloat16) * 0.02 for _ in range(24)]
         x = torch.randn(64, k, device="cuda").to(torch.bfloat16)
         out = torch.empty(64, n, device="cuda", dtype=torch.bfloat16)
+        pbuf = torch.empty(32 * 64 * n, device="cuda")
+
+        def timed(out, parts, sp: int, dbg: int, n=n, k=k, x=x, ws=ws) -> float | str:
+            """GPU µs of the kernel (merged into `out`, or partials into `parts`), or why not."""
+
+            def f() -> None:
+                for w in ws:
+                    rc = lib.rl_stream_gemm_dbg(ptr(out), ptr(parts), ptr(x), ptr(w), 64, n, k, sp,
+                                                dbg, stream())  # fmt: skip
+                    if rc:
+                        raise RuntimeError(f"stream_gemm_dbg {rc}")
+
+            try:
+                return round(graph_us(f, launches=1) / len(ws), 2)
+            except RuntimeError as e:
+                return str(e)
+
         for sp in (0, 1, 2, 4):
             r: dict = {"shape": name, "splits": sp or lib.rl_stream_gemm_splits(64, n, k)}
             for dbg in (0, 1, 2, 4, 8, 15):
-
-                def f(sp=sp, dbg=dbg, n=n, k=k, x=x, ws=ws, out=out) -> None:
-                    for w in ws:
-                        rc = lib.rl_stream_gemm_dbg(ptr(out), None, ptr(x), ptr(w), 64, n, k, sp,
-                                                    dbg, stream())  # fmt: skip
-                        if rc:
-                            raise RuntimeError(f"stream_gemm_dbg {rc}")
-
-                try:
-                    r[f"dbg{dbg}"] = round(graph_us(f, launches=1) / len(ws), 2)
-                except RuntimeError as e:
-                    r[f"dbg{dbg}"] = str(e)
+                r[f"dbg{dbg}"] = timed(out, None, sp, dbg)
             rows.append(r)
             print(r, flush=True)
         # the partials mode (no merge in the GEMM): every split count, cuBLAS beside
-        pbuf = torch.empty(32 * 64 * n, device="cuda")
         r = {"shape": name, "mode": "parts", "auto": lib.rl_stream_gemm_parts_splits(64, n, k)}
 
         def cublas(x=x, ws=ws, out=out) -> None:
@@ -729,18 +734,7 @@ def stream_parts_lab(lib) -> None:
         r["cublas"] = round(graph_us(cublas, launches=1) / len(ws), 2)
         for sp in (4, 8, 12, 14, 16, 24, 32):
             for dbg in (0, 1, 2):
-
-                def f(sp=sp, dbg=dbg, n=n, k=k, x=x, ws=ws, pbuf=pbuf) -> None:
-                    for w in ws:
-                        rc = lib.rl_stream_gemm_dbg(None, ptr(pbuf), ptr(x), ptr(w), 64, n, k, sp,
-                                                    dbg, stream())  # fmt: skip
-                        if rc:
-                            raise RuntimeError(f"stream_gemm_dbg {rc}")
-
-                try:
-                    r[f"s{sp}_dbg{dbg}"] = round(graph_us(f, launches=1) / len(ws), 2)
-                except RuntimeError as e:
-                    r[f"s{sp}_dbg{dbg}"] = str(e)
+                r[f"s{sp}_dbg{dbg}"] = timed(None, pbuf, sp, dbg)
         rows.append(r)
         print(r, flush=True)
     RESULTS["timing"]["stream_parts_us"] = rows

@@ -112,7 +112,7 @@ _GEMM_NORM, _GEMM_RES, _GEMM_NORM_SILU = 1, 2, 5  # gemm.cuh flags: prologue / e
 # bf16 GEMMs of at most this many rows (and more than the fused path's) run on the streaming
 # kernel (gemm_stream.cuh: weight copies start before the previous kernel ends) when it takes
 # the shape (a decoder's qkv / o / down; not gate_up or the LM head); the rest on cuBLAS. 0: never.
-# (H200 engine, 0.5B shape: -84 us a step at 32 rows, +20 us at 64: bench/gpu/RESULTS.md round 6.)
+# (H200 engine, 0.5B shape: -76..-84 us a step at 32 rows, +13..+35 at 64: RESULTS.md round 6.)
 STREAM_GEMM_ROWS = int(os.environ.get("RLFLEET_STREAM_GEMM_ROWS", "32"))
 # how its split-K partial sums are added: "next" (the default) by the kernel that reads the
 # product next (the qkv projection's RoPE + KV write, the residual add + RMSNorm after o and
@@ -273,7 +273,7 @@ class CudaOps(DecoderOps):
         if STREAM_MERGE not in ("next", "cluster"):
             raise ValueError(f"RLFLEET_STREAM_MERGE must be next or cluster, got {STREAM_MERGE!r}")
         self.stream_merge = STREAM_MERGE
-        self._stream_splits: dict[tuple[str, int, int, int], int] = {}
+        self._stream_splits: dict[tuple[int, int, int], int] = {}
         self.counters = self.zeros([ATTN_COUNTERS + SELECT_COUNTERS], "int32")
         self.synchronize()
 
@@ -477,18 +477,17 @@ class CudaOps(DecoderOps):
                    delta.data_ptr() if delta is not None else None, rows, w.data_ptr(), n, h,
                    eps, _CODE[dt], self.stream)  # fmt: skip
 
-    def stream_splits(self, m: int, n: int, k: int, dtype: str, merge: str | None = None) -> int:
-        """Split count of x[m, k] . w[n, k]^T on the streaming kernel with `merge` (default:
-        `stream_merge`); 0: not there (cuBLAS). bf16, at most `stream_gemm_rows` rows (a graph
-        bucket, so a batch and its padded graph decide alike; a row's result does not depend
-        on the row count), a shape it takes."""
+    def stream_splits(self, m: int, n: int, k: int, dtype: str) -> int:
+        """Split count of x[m, k] . w[n, k]^T on the streaming kernel (`stream_merge`'s form);
+        0: not there (cuBLAS). bf16, at most `stream_gemm_rows` rows (a graph bucket, so a
+        batch and its padded graph decide alike; a row's result does not depend on the row
+        count), a shape it takes."""
         if not 0 < m <= self.stream_gemm_rows or dtype != "bfloat16":
             return 0
-        merge = merge or self.stream_merge
-        key = (merge, min(m, 33) // 33, n, k)  # its split rule sees only M <= 32 or not
+        key = (min(m, 33) // 33, n, k)  # its split rule sees only M <= 32 or not
         if key not in self._stream_splits:
-            lib = self.lib
-            fn = lib.rl_stream_gemm_parts_splits if merge == "next" else lib.rl_stream_gemm_splits
+            lib, parts = self.lib, self.stream_merge == "next"
+            fn = lib.rl_stream_gemm_parts_splits if parts else lib.rl_stream_gemm_splits
             self._stream_splits[key] = int(fn(m, n, k))
         return self._stream_splits[key]
 

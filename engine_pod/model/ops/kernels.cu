@@ -819,8 +819,9 @@ __global__ void __launch_bounds__(128) paged_attention_v4_k(
 // ---------------------------------------------------------------- paged attention on tensor cores (v5)
 // v4's grid, split lengths and in-launch merge, for bf16 / fp16 caches, with the math on the
 // tensor cores: tiles of 64 keys come into shared memory with cp.async (16-byte chunks;
-// rows past the split zero-filled), NST of them in flight (a ring of NST stages: 2, or 8 for
-// long splits, e.g. one split a row, whose whole context then loads at once); each of the 4 warps
+// rows past the split zero-filled), NST of them in flight (a ring of NST stages: 2, or 4 / 8
+// for long splits, whose tiles then load at once, two at a time computed by two groups of 4
+// warps); within a group each of the 4 warps
 // takes 16 keys of the tile: S = Q K^T by mma.m16n8k16 (the G <= 16 query heads of the kv
 // head are the 16 rows; Q's fragments stay in registers), online softmax on the accumulators
 // (base-2 exponent), O += P V by mma, P packed to T straight from S's accumulators (their
@@ -928,7 +929,8 @@ __global__ void __launch_bounds__(NST >= 4 ? 256 : 128) paged_attention_v5_k(
   };
   const int ntiles = k_begin < k_end ? (k_end - k_begin + TILE - 1) / TILE : 0;
   // The first min(ntiles, NST) tiles go in flight at once, one cp.async group each, padded with
-  // empty groups to NST (so tile `it` is complete once at most NST - 1 groups are pending).
+  // empty groups to NST (so tiles it0 .. it0 + WG - 1 are complete once at most NST - WG
+  // groups are pending; each round commits WG more).
   // With `prefetch` (every row the only token of its sequence this step, so the kernels
   // before wrote no key but the row's last), those holding no key of the last position load
   // before the wait for the previous kernel: the block tables are the host's, the older keys
