@@ -1,6 +1,6 @@
 """The CUDA kernels alone on the lent GPU, without Paddle: correctness and GPU time.
 
-    OUT=/tmp/out python bench/gpu/kernel_lab.py [--only attn,select,gemm,layer,cold,splitk,stream]
+    OUT=/tmp/out python bench/gpu/kernel_lab.py [--only attn,select,gemm,layer,cold,splitk,stream,parts,deepctx]
 
 One device call, no payload: the device image has nvcc and PyTorch but no Paddle, so this
 builds `engine_pod/model/ops/kernels.cu` with nvcc (ops/build.py's flags) and drives the
@@ -253,7 +253,8 @@ class LayerChain:
 
     h, inter, hq, hkv, d, bs, eps = 896, 4864, 14, 2, 64, 16, 1e-6
 
-    def __init__(self, lib, B: int, layers: int = 24, ctx: int = 512, seed: int = 0):
+    def __init__(self, lib, B: int, layers: int = 24, ctx: int = 512, seed: int = 0,
+                 spread: int = 300):  # fmt: skip
         self.lib, self.B, self.layers = lib, B, layers
         g = torch.Generator(device="cuda").manual_seed(seed)
         bf = torch.bfloat16
@@ -275,7 +276,8 @@ class LayerChain:
         for i in range(B):
             tab[i, :need] = torch.arange(i * need, (i + 1) * need)
         self.tables = tab.cuda()
-        pos = ctx - (torch.arange(B, dtype=torch.int64) * 37) % 300  # rows end in any split
+        # rows end in any split (spread 300), or all near ctx as in decode_bench (spread 21)
+        pos = ctx - (torch.arange(B, dtype=torch.int64) * 37) % spread
         self.pos, self.seq = pos.cuda(), torch.arange(B, dtype=torch.int64).cuda()
         self.slot_b = tab[torch.arange(B), pos // bs].cuda()
         self.slot_o = (pos % bs).cuda()
@@ -826,6 +828,29 @@ def layer_lab(lib) -> None:
     RESULTS["timing"]["layer_us"] = rows
 
 
+def deep_ctx_lab(lib) -> None:
+    """Attention's deep splits at decode_bench's contexts (every row 513..533 keys: a 512-key
+    split leaves a second split of 1..21 keys) against one split over the table's 1024 keys:
+    GPU µs a layer of the 24-layer chain, cuBLAS GEMMs and partials."""
+    rows = []
+    for B in (32, 64):
+        chain = LayerChain(lib, B, ctx=533, spread=21)
+        row: dict = {"batch": B, "ctx": "513..533"}
+        for mode in (False, "parts"):
+            for kps, stages in ((128, 2), (512, 8), (1024, 8)):
+                chain.stream_gemm, chain.splits, chain.prefetch = mode, 0, 1
+                chain.set_attention(kps, stages)
+                graph = chain.capture()
+                key = f"{'parts' if mode else 'cublas'}_attn{kps}x{stages}_us_per_layer"
+                row[key] = round(replay_us(graph) / chain.layers, 2)
+                del graph
+        rows.append(row)
+        print(row, flush=True)
+        del chain
+        torch.cuda.empty_cache()
+    RESULTS["timing"]["deep_ctx_us"] = rows
+
+
 # ---------------------------------------------------------------- selection / sampling
 def params_rows(n, temp=0.0, top_p=1.0, top_k=0, seed=1234, counters=None) -> torch.Tensor:
     p = np.zeros((n, 5), dtype=np.int64)
@@ -1042,6 +1067,8 @@ def main() -> None:
         stream_parts_lab(lib)
     if "layer" in parts:
         layer_lab(lib)
+    if "deepctx" in parts:  # (written in session 7, not yet run on a device)
+        deep_ctx_lab(lib)
     if "cold" in parts:
         cold_gemm_timing(lib)
     bad = [n for n, cs in RESULTS["checks"].items() for c in cs if not c["ok"]]
