@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device half of the GPU recipe (see bench/gpu/README.md). Run on the GPU machine from the
 # checkout's root, after the payload pieces p00..p08 were copied to /tmp/p/ by earlier calls:
-#   bash bench/gpu/device_run.sh            # STAGES: kernels samples graphs greedy pytest bench (default); also: sweep bench_nopdl bench_nostream bench_norope bench_base bench_v1 ops profile pause
+#   bash bench/gpu/device_run.sh            # STAGES: kernels samples graphs greedy pytest bench (default); also: sweep bench_nopdl bench_nostream bench_norope bench_base bench_deep1024 bench_v1 ops profile pause
 # Installs Paddle (PyPI paddlepaddle-gpu 2.6.2 + cuBLAS 12) into /tmp/site unless it is there,
 # builds the kernel library with nvcc unless it was carried, then runs each stage with its own
 # time limit and writes results to $OUT (or /tmp/out).
@@ -54,6 +54,7 @@ for s in $STAGES; do
     bench_nostream) RLFLEET_STREAM_GEMM_ROWS=0 run bench_nostream 240 python3 bench/gpu/decode_bench.py --out "$OUT/bench_nostream.json" --graphs --batches 32,64 ;;
     bench_norope) RLFLEET_STREAM_ROPE=0 run bench_norope 240 python3 bench/gpu/decode_bench.py --out "$OUT/bench_norope.json" --graphs --batches 32,64 ;;
     bench_base) RLFLEET_STREAM_GEMM_ROWS=0 RLFLEET_ATTN_DEEP_ROWS=0 run bench_base 240 python3 bench/gpu/decode_bench.py --out "$OUT/bench_base.json" --graphs --batches 32,64 ;;
+    bench_deep1024) RLFLEET_ATTN_DEEP_KEYS=1024 run bench_deep1024 240 python3 bench/gpu/decode_bench.py --out "$OUT/bench_deep1024.json" --graphs --batches 32,64 ;;
     bench_nopdl) RLFLEET_PDL=0 run bench_nopdl 240 python3 bench/gpu/decode_bench.py --out "$OUT/bench_nopdl.json" --graphs ;;
     bench_v1) RLFLEET_ATTN=v1 run bench_v1 150 python3 bench/gpu/decode_bench.py --out "$OUT/bench_v1.json" --graphs ;;
     sweep) mkdir -p /tmp/sweep  # decode bench per attention version : keys per split → sweep.json

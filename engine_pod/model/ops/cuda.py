@@ -96,6 +96,8 @@ ATTN_KEYS_PER_SPLIT = int(os.environ.get("RLFLEET_ATTN_KPS", "0"))  # 0: by batc
 # tile of a split in flight and half of them computed at once, on longer splits
 # (`deep_split`); larger steps: short splits two tiles deep. 0: never
 ATTN_DEEP_ROWS = int(os.environ.get("RLFLEET_ATTN_DEEP_ROWS", "64"))
+# their split length instead of `deep_split`'s (0), e.g. 1024: one split over a 1024-key table
+ATTN_DEEP_KEYS = int(os.environ.get("RLFLEET_ATTN_DEEP_KEYS", "0"))
 _ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "int32": 4}
 _CODE = {"float32": 0, "bfloat16": 1, "float16": 2}
 MIN_STRIDE = 8  # smallest block-table row of a step (blocks)
@@ -613,6 +615,7 @@ class CudaOps(DecoderOps):
                     and not self.keys_per_split and not self.force_nsplit
                     and st.n_tok <= self.attn_deep_rows):  # fmt: skip
                 kps, stages = deep_split(st.n_tok)
+                kps = ATTN_DEEP_KEYS or kps
             if self.force_nsplit:
                 nsplit = self.force_nsplit
                 kps = -(-st.max_ctx // nsplit)
