@@ -115,3 +115,38 @@ def test_weight_swap(tiny_dir: str, tmp_path: Path) -> None:
     after = run_paged(runner, [prompt], n_new=12)
     assert after != before
     assert after == [reference_greedy(new, prompt, 12)]
+
+
+class _Deferred:
+    """What a kernel library's `linear_deferred` may return: not a tensor (here, a wrapper)."""
+
+    def __init__(self, t) -> None:
+        self.t = t
+
+
+def test_deferred_products_reach_only_the_norms(tiny_dir: str) -> None:
+    """The decoder hands `linear_deferred`'s results only to `add_rms_norm` / `final_norm`
+    (the GPU kernels pass unreduced split-K partials there): with ops whose deferred product
+    is no tensor at all, decoding still equals the reference."""
+    from engine_pod.model.ops import NativeOps
+
+    class DeferringOps(NativeOps):
+        calls = 0
+
+        def linear_deferred(self, x, w, b=None):
+            DeferringOps.calls += 1
+            return _Deferred(self.linear(x, w, b))
+
+        def add_rms_norm(self, x, delta, w, eps):
+            assert isinstance(delta, _Deferred)
+            return super().add_rms_norm(x, delta.t, w, eps)
+
+        def final_norm(self, x, delta, w, st, eps):
+            assert isinstance(delta, _Deferred)
+            return super().final_norm(x, delta.t, w, st, eps)
+
+    r = PaddleModelRunner(tiny_dir)
+    r.ops = r.decoder.ops = DeferringOps()
+    prompt = r.tokenizer.encode("Hello world, this is")
+    assert run_paged(r, [prompt]) == [reference_greedy(tiny_dir, prompt, N_NEW)]
+    assert DeferringOps.calls >= 2 * r.config.num_layers
