@@ -25,7 +25,7 @@
 // PARTS mode (Mode::parts) skips 4 and 5 and the cluster: each block adds its two k groups
 // and stores its float32 partial sums to parts[split][m][n] (plain coalesced stores), and the
 // kernel that reads the product next sums the S partials in split order and rounds once
-// (kernels.cu: parts_value; rms_norm_k, qkv_rope_cache_k) — the same value, deterministic,
+// (kernels.cu: parts_values4; rms_norm_k, qkv_rope_cache_k) — the same value, deterministic,
 // with no block of the GEMM waiting on another. Splits are then not bound to a cluster.
 //
 // Launchers: rl_stream_gemm, rl_stream_gemm_rope, rl_stream_gemm_parts (extern "C" in
