@@ -441,15 +441,21 @@ def replay_us(graph: torch.cuda.CUDAGraph, reps: int = 20) -> float:
     return e0.elapsed_time(e1) * 1000 / reps
 
 
+def cublas_us(x: torch.Tensor, ws: list[torch.Tensor], out: torch.Tensor) -> float:
+    """GPU µs of one x . w^T by cuBLAS with cold weights (a graph cycling through `ws`)."""
+
+    def run() -> None:
+        for w in ws:
+            torch.matmul(x, w.t(), out=out)
+
+    return round(graph_us(run, launches=1) / len(ws), 2)
+
+
 def _cold_gemm(lib, name: str, ws: list[torch.Tensor], M: int, plain: int) -> dict:
     rows_n, k = ws[0].shape
     x = torch.randn(M, k, device="cuda").to(torch.bfloat16)
     out = torch.empty(M, rows_n, device="cuda", dtype=torch.bfloat16)
     r: dict = {"shape": name, "M": M, "weight_MB": round(rows_n * k * 2 / 1e6, 2)}
-
-    def cublas() -> None:
-        for w in ws:
-            torch.matmul(x, w.t(), out=out)
 
     def skinny(wn: int = 0, sp: int = 0) -> None:
         for w in ws:
@@ -458,10 +464,10 @@ def _cold_gemm(lib, name: str, ws: list[torch.Tensor], M: int, plain: int) -> di
             if rc:
                 raise RuntimeError(f"rl_gemm_ex {name} M={M} wn={wn} s={sp}: {rc}")
 
-    r["cublas"] = round(graph_us(cublas, launches=1) / len(ws), 2)
+    r["cublas"] = cublas_us(x, ws, out)
     torch.backends.cuda.preferred_blas_library("cublaslt")  # cuBLASLt's heuristic choice
     try:
-        r["cublaslt"] = round(graph_us(cublas, launches=1) / len(ws), 2)
+        r["cublaslt"] = cublas_us(x, ws, out)
     finally:
         torch.backends.cuda.preferred_blas_library("cublas")
     r["skinny_auto"] = round(graph_us(skinny, launches=1) / len(ws), 2)
@@ -608,17 +614,13 @@ def stream_gemm_lab(lib) -> None:
             r: dict = {"shape": name, "M": m, "splits": lib.rl_stream_gemm_splits(m, n, k),
                        "floor_us": round(n * k * 2 / 4.8e6, 2)}  # fmt: skip
 
-            def cublas(x=x, ws=ws, out=out) -> None:
-                for w in ws:
-                    torch.matmul(x, w.t(), out=out)
-
             def ours(x=x, ws=ws, out=out, m=m, n=n, k=k, sp=0, name=name) -> None:
                 for w in ws:
                     rc = lib.rl_stream_gemm(ptr(out), ptr(x), ptr(w), m, n, k, sp, stream())
                     if rc:
                         raise RuntimeError(f"rl_stream_gemm {name}: {rc}")
 
-            r["cublas"] = round(graph_us(cublas, launches=1) / len(ws), 2)
+            r["cublas"] = cublas_us(x, ws, out)
             for pdl in (0, 1):
                 lib.rl_set_pdl(pdl)
                 r[f"stream_pdl{pdl}"] = round(graph_us(ours, launches=1) / len(ws), 2)
@@ -729,11 +731,7 @@ def stream_parts_lab(lib) -> None:
         # the partials mode (no merge in the GEMM): every split count, cuBLAS beside
         r = {"shape": name, "mode": "parts", "auto": lib.rl_stream_gemm_parts_splits(64, n, k)}
 
-        def cublas(x=x, ws=ws, out=out) -> None:
-            for w in ws:
-                torch.matmul(x, w.t(), out=out)
-
-        r["cublas"] = round(graph_us(cublas, launches=1) / len(ws), 2)
+        r["cublas"] = cublas_us(x, ws, out)
         for sp in (4, 8, 12, 14, 16, 24, 32):
             for dbg in (0, 1, 2):
                 r[f"s{sp}_dbg{dbg}"] = timed(None, pbuf, sp, dbg)
