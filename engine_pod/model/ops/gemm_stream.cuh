@@ -101,6 +101,20 @@ __host__ __device__ inline int tiles_bytes(int MR, int rs, int ro, bool rope) {
 // x 2 x NT x 4 floats
 __host__ __device__ constexpr int stash_bytes(int MR) { return 4 * 32 * 2 * (MR / 16) * 4 * 4; }
 
+// Calls f(i, j, e, wrow, xrow) for each accumulator acc[i][j][e] of warp (wm, wx): the weight
+// row (the tile's output column) and the x row its mma.m16n8k16 fragment element holds.
+template <int MR, typename F>
+__device__ __forceinline__ void for_each_acc(int wm, int wx, int lane, F&& f) {
+  const int g8 = lane >> 2, t4 = lane & 3;
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < MR / 16; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        f(i, j, e, wm * 32 + i * 16 + g8 + (e >> 1) * 8, wx * (MR / 2) + j * 8 + 2 * t4 + (e & 1));
+}
+
 // MR: x rows a block holds (32 or 64; M <= MR). ROPE: the block's bf16 outputs get qkv
 // bias + RoPE + the paged-KV write of qkv_rope_cache_k instead of going to `out` as they are
 // (needs d | BN: a tile holds whole heads). PARTS: float32 partials to p.parts (no cluster).
@@ -203,19 +217,11 @@ __global__ void __launch_bounds__(THREADS, 2) stream_gemm_k(const Params p) {
     __syncthreads();
     if (wk == 0) {
       float* dst = p.parts + (size_t)split * M * p.N + tile * BN;
-      const int g8 = lane >> 2, t4 = lane & 3;
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int wrow = wm * 32 + i * 16 + g8 + (e >> 1) * 8;
-            const int xrow = wx * (MR / 2) + j * 8 + 2 * t4 + (e & 1);
-            if (xrow < M)
-              dst[(size_t)xrow * p.N + wrow] =
-                  acc[i][j][e] + stash[(base + (i * NT + j) * 4 + e) * 32 + lane];
-          }
+      for_each_acc<MR>(wm, wx, lane, [&](int i, int j, int e, int wrow, int xrow) {
+        if (xrow < M)
+          dst[(size_t)xrow * p.N + wrow] =
+              acc[i][j][e] + stash[(base + (i * NT + j) * 4 + e) * 32 + lane];
+      });
     }
     return;
   }
@@ -232,18 +238,10 @@ __global__ void __launch_bounds__(THREADS, 2) stream_gemm_k(const Params p) {
 #pragma unroll
     for (int r = 0; r < MAX_SPLIT; ++r) dst[r] = recv;
   }
-  const int g8 = lane >> 2, t4 = lane & 3;
   const int slot0 = (split * 2 + wk) * RO;
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int wrow = wm * 32 + i * 16 + g8 + (e >> 1) * 8;
-        const int xrow = wx * (MR / 2) + j * 8 + 2 * t4 + (e & 1);
-        if (xrow < M) dst[xrow % S][(slot0 + xrow / S) * BN + wrow] = acc[i][j][e];
-      }
+  for_each_acc<MR>(wm, wx, lane, [&](int i, int j, int e, int wrow, int xrow) {
+    if (xrow < M) dst[xrow % S][(slot0 + xrow / S) * BN + wrow] = acc[i][j][e];
+  });
   if (S > 1) {
     cluster_arrive_release();
     cluster_wait();
