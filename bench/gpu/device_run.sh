@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device half of the GPU recipe (see bench/gpu/README.md). Run on the GPU machine from the
 # checkout's root, after the payload pieces p00..p08 were copied to /tmp/p/ by earlier calls:
-#   bash bench/gpu/device_run.sh            # STAGES: kernels samples graphs greedy pytest bench (default); also: sweep bench_nopdl bench_nostream bench_norope bench_base bench_deep1024 bench_v1 ops profile pause
+#   bash bench/gpu/device_run.sh            # STAGES: kernels samples graphs greedy pytest bench (default); also: sweep bench_nopdl bench_nostream bench_norope bench_base bench_deep1024 bench_v1 configs ops profile pause
 # Installs Paddle (PyPI paddlepaddle-gpu 2.6.2 + cuBLAS 12) into /tmp/site unless it is there,
 # builds the kernel library with nvcc unless it was carried, then runs each stage with its own
 # time limit and writes results to $OUT (or /tmp/out).
@@ -58,11 +58,18 @@ for s in $STAGES; do
     bench_nopdl) RLFLEET_PDL=0 run bench_nopdl 240 python3 bench/gpu/decode_bench.py --out "$OUT/bench_nopdl.json" --graphs ;;
     bench_v1) RLFLEET_ATTN=v1 run bench_v1 150 python3 bench/gpu/decode_bench.py --out "$OUT/bench_v1.json" --graphs ;;
     sweep) mkdir -p /tmp/sweep  # decode bench per attention version : keys per split → sweep.json
-      for v in ${SWEEP:-"v5:128 v5:256 v4:64 v4:128 v2:64"}; do
+      for v in ${SWEEP:-v5:128 v5:256 v4:64 v4:128 v2:64}; do
         RLFLEET_ATTN=${v%%:*} RLFLEET_ATTN_KPS=${v##*:} run "bench_${v/:/_}" 120 python3 \
           bench/gpu/decode_bench.py --graphs --sampling --out "/tmp/sweep/${v/:/_}.json"
       done
       python3 -c "import glob, json, os; json.dump({os.path.basename(f)[:-5]: json.load(open(f)) for f in sorted(glob.glob('/tmp/sweep/*.json'))}, open('$OUT/sweep.json', 'w'), indent=1)" ;;
+    configs) mkdir -p /tmp/cfg  # decode_bench at 32, 64 rows per CONFIGS entry "name:VAR=v,VAR=v" → configs.json
+      for c in ${CONFIGS:-fresh:RLFLEET_FIXED_SCRATCH=0 fixed:RLFLEET_FIXED_SCRATCH=1}; do
+        name=${c%%:*}; vars=${c#*:}
+        (export ${vars//,/ }; run "cfg_$name" 240 python3 bench/gpu/decode_bench.py --graphs \
+          --batches "${CONFIG_BATCHES:-32,64}" --steps "${CONFIG_STEPS:-60}" --out "/tmp/cfg/$name.json")
+      done
+      python3 -c "import glob, json, os; json.dump({os.path.basename(f)[:-5]: json.load(open(f)) for f in sorted(glob.glob('/tmp/cfg/*.json'))}, open('$OUT/configs.json', 'w'), indent=1)" ;;
     profile) run profile 150 python3 bench/gpu/op_profile.py --out "$OUT/ops.json" ;;
     bench) run bench 240 python3 bench/gpu/decode_bench.py --out "$OUT/bench.json" ${BENCH_ARGS:---graphs --sampling} ;;
   esac

@@ -835,7 +835,7 @@ def deep_ctx_lab(lib) -> None:
         chain = LayerChain(lib, B, ctx=533, spread=21)
         row: dict = {"batch": B, "ctx": "513..533"}
         for mode in (False, "parts"):
-            for kps, stages in ((128, 2), (512, 8), (1024, 8)):
+            for kps, stages in ((128, 2), (256, 4), (320, 8), (512, 8), (1024, 8)):
                 chain.stream_gemm, chain.splits, chain.prefetch = mode, 0, 1
                 chain.set_attention(kps, stages)
                 graph = chain.capture()
