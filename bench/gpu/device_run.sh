@@ -67,7 +67,7 @@ for s in $STAGES; do
       for c in ${CONFIGS:-fresh:RLFLEET_FIXED_SCRATCH=0 fixed:RLFLEET_FIXED_SCRATCH=1}; do
         name=${c%%:*}; vars=${c#*:}
         (export ${vars//,/ }; run "cfg_$name" 240 python3 bench/gpu/decode_bench.py --graphs \
-          --batches "${CONFIG_BATCHES:-32,64}" --steps "${CONFIG_STEPS:-60}" --out "/tmp/cfg/$name.json")
+          --batches "${CONFIG_BATCHES:-32,64}" --steps "${CONFIG_STEPS:-60}" --ctx "${CONFIG_CTX:-512}" --out "/tmp/cfg/$name.json")
       done
       python3 -c "import glob, json, os; json.dump({os.path.basename(f)[:-5]: json.load(open(f)) for f in sorted(glob.glob('/tmp/cfg/*.json'))}, open('$OUT/configs.json', 'w'), indent=1)" ;;
     profile) run profile 150 python3 bench/gpu/op_profile.py --out "$OUT/ops.json" ;;

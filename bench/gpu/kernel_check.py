@@ -265,9 +265,20 @@ def check_fused(ck: Checker, case: str, pair, back, hidden: int, heads: int, kv:
 
 def check_stream(ck: Checker, case: str, pair, back, hidden: int, heads: int, kv: int, d: int,
                  inter: int) -> None:  # fmt: skip
-    """The streaming GEMMs (gemm_stream.cuh) at 17..64 rows (bf16) through the ops the decoder
-    calls: o's and down's products into add + RMSNorm (`linear_deferred`: split-K partials
-    summed by the norm); with RLFLEET_STREAM_MERGE=cluster, `linear` itself."""
+    """The streaming GEMMs (gemm_stream.cuh) at 17..64 rows (bf16; whatever the engine's
+    RLFLEET_STREAM_GEMM_ROWS) through the ops the decoder calls: o's and down's products into
+    add + RMSNorm (`linear_deferred`: split-K partials summed by the norm); with
+    RLFLEET_STREAM_MERGE=cluster, `linear` itself."""
+    gpu = ck.gpu
+    rows, gpu.stream_gemm_rows = gpu.stream_gemm_rows, 64  # every size the kernel takes
+    try:
+        _check_stream_rows(ck, case, pair, back, hidden, heads, kv, d, inter)
+    finally:
+        gpu.stream_gemm_rows = rows
+
+
+def _check_stream_rows(ck: Checker, case: str, pair, back, hidden: int, heads: int, kv: int,
+                       d: int, inter: int) -> None:  # fmt: skip
     gpu, cpu, dtype, eps = ck.gpu, ck.cpu, "bfloat16", 1e-6
     for m in (17, 32, 33, 64):
         _, nw_c, nw_g = pair(hidden)

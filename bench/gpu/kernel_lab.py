@@ -828,8 +828,9 @@ def layer_lab(lib) -> None:
 
 def deep_ctx_lab(lib) -> None:
     """Attention's deep splits at decode_bench's contexts (every row 513..533 keys: a 512-key
-    split leaves a second split of 1..21 keys) against one split over the table's 1024 keys:
-    GPU µs a layer of the 24-layer chain, cuBLAS GEMMs and partials."""
+    split leaves a second split of 1..21 keys) against 256- / 320-key splits and one split over
+    the table's 1024 keys: GPU µs a layer of the 24-layer chain, cuBLAS GEMMs and partials;
+    then each launch's cost in the cuBLAS + 1024-key chain (the chain without it)."""
     rows = []
     for B in (32, 64):
         chain = LayerChain(lib, B, ctx=533, spread=21)
@@ -842,6 +843,15 @@ def deep_ctx_lab(lib) -> None:
                 key = f"{'parts' if mode else 'cublas'}_attn{kps}x{stages}_us_per_layer"
                 row[key] = round(replay_us(graph) / chain.layers, 2)
                 del graph
+        # what each launch costs in the engine's B = 64 chain (cuBLAS GEMMs, 1024-key splits)
+        chain.stream_gemm, chain.splits = False, 0
+        chain.set_attention(1024, 8)
+        for name in ("norm1", "qkv", "rope", "attn", "o", "norm2", "gate_up", "silu", "down"):
+            chain.skip = {name}
+            graph = chain.capture()
+            row[f"cublas_attn1024x8_without_{name}"] = round(replay_us(graph) / chain.layers, 2)
+            del graph
+        chain.skip = set()
         rows.append(row)
         print(row, flush=True)
         del chain
@@ -1065,7 +1075,7 @@ def main() -> None:
         stream_parts_lab(lib)
     if "layer" in parts:
         layer_lab(lib)
-    if "deepctx" in parts:  # (written in session 7, not yet run on a device)
+    if "deepctx" in parts:
         deep_ctx_lab(lib)
     if "cold" in parts:
         cold_gemm_timing(lib)

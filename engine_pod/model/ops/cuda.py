@@ -150,9 +150,11 @@ def stride_bucket(need: int) -> int:
 
 def deep_split(tokens: int) -> tuple[int, int]:
     """(keys a split, tiles in flight) of a deep-split decode step of `tokens` rows: 256 keys
-    up to 16 rows, 512 above (one split a row up to 512 keys: no merge) — the faster in a
-    24-layer chain on the H200 (bench/gpu/RESULTS.md round 6). Changes only at a graph bucket."""
-    return (256, 4) if tokens <= 16 else (512, 8)
+    up to 16 rows, 1024 above (one split a row up to 1024 keys: no merge). On the H200 engine
+    (bench/gpu/RESULTS.md round 7) 1024-key splits beat 512 at 17-64 rows for 512-, 1000-
+    and 1900-token contexts (a split's merge costs more than the parallelism it buys) and
+    2048 at 32 rows; 256 stays faster up to 16 rows. Changes only at a graph bucket."""
+    return (256, 4) if tokens <= 16 else (1024, 8)
 
 
 def keys_per_split(version: str, tokens: int) -> int:
