@@ -64,7 +64,7 @@ for s in $STAGES; do
       done
       python3 -c "import glob, json, os; json.dump({os.path.basename(f)[:-5]: json.load(open(f)) for f in sorted(glob.glob('/tmp/sweep/*.json'))}, open('$OUT/sweep.json', 'w'), indent=1)" ;;
     configs) mkdir -p /tmp/cfg  # decode_bench at 32, 64 rows per CONFIGS entry "name:VAR=v,VAR=v" → configs.json
-      for c in ${CONFIGS:-fresh:RLFLEET_FIXED_SCRATCH=0 fixed:RLFLEET_FIXED_SCRATCH=1}; do
+      for c in ${CONFIGS:-deep512:RLFLEET_ATTN_DEEP_KEYS=512 deep1024:RLFLEET_ATTN_DEEP_KEYS=1024}; do
         name=${c%%:*}; vars=${c#*:}
         (export ${vars//,/ }; run "cfg_$name" 240 python3 bench/gpu/decode_bench.py --graphs \
           --batches "${CONFIG_BATCHES:-32,64}" --steps "${CONFIG_STEPS:-60}" --ctx "${CONFIG_CTX:-512}" --out "/tmp/cfg/$name.json")

@@ -124,20 +124,7 @@ STREAM_MERGE = os.environ.get("RLFLEET_STREAM_MERGE", "next")
 # "cluster" merge: the qkv projection's GEMM also does qkv bias + RoPE + the KV write (one
 # launch a layer fewer); 0: a separate rl_qkv_rope_cache launch
 STREAM_ROPE = os.environ.get("RLFLEET_STREAM_ROPE", "1") != "0"
-# results only the next kernel (or the same launch) reads — a GEMM's split-K partials, attention's
-# per-split partials, token selection's chunk bests — go to one buffer per kind that every such
-# launch reuses (`CudaOps.scratch`), not a fresh allocation per launch: a step's partials then
-# stay at a few fixed addresses (L2-resident) wherever the allocator would have put each
-# launch's. 0: a fresh buffer per launch (as before)
-FIXED_SCRATCH = os.environ.get("RLFLEET_FIXED_SCRATCH", "1") != "0"
 _GREEDY = SamplingParams(temperature=0.0)
-
-
-def _capturing() -> bool:
-    """Is a CUDA graph being captured on this thread (Paddle 2.6+: paddle.base.core)?"""
-    core = getattr(getattr(paddle, "base", None), "core", None)
-    fn = getattr(core, "is_cuda_graph_capturing", None)
-    return bool(fn()) if fn is not None else False
 
 
 def stride_bucket(need: int) -> int:
@@ -292,8 +279,6 @@ class CudaOps(DecoderOps):
         self.stream_merge = STREAM_MERGE
         self._stream_splits: dict[tuple[int, int, int], int] = {}
         self.counters = self.zeros([ATTN_COUNTERS + SELECT_COUNTERS], "int32")
-        self._scratch: dict[str, paddle.Tensor] = {}
-        self._scratch_retired: list[paddle.Tensor] = []  # outgrown; captured graphs use them
         self.synchronize()
 
     # ------------------------------------------------------------------ plumbing
@@ -319,24 +304,6 @@ class CudaOps(DecoderOps):
 
     def synchronize(self) -> None:
         self._call("rl_sync")
-
-    def scratch(self, kind: str, n: int, dtype: str) -> paddle.Tensor:
-        """A buffer of at least `n` elements that every launch of `kind` reuses (FIXED_SCRATCH).
-        Its contents live from one kernel to the next that reads them: one step at a time runs
-        on the stream, and each of our kernels waits for the one before it before writing, so
-        a launch never overwrites partials a kernel still reads. Grows (to a power of two)
-        only outside graph captures — a capture's allocations belong to that graph's pool; the
-        eager warm-up before each capture runs the same shape, so it finds the buffer grown."""
-        t = self._scratch.get(kind)
-        if t is not None and int(t.shape[0]) >= n:
-            return t
-        if not FIXED_SCRATCH or _capturing():
-            return self._empty([n], dtype)
-        if t is not None:
-            self._scratch_retired.append(t)  # graphs captured on it still write there
-        t = self._empty([1 << max(0, n - 1).bit_length()], dtype)
-        self._scratch[kind] = t
-        return t
 
     # ------------------------------------------------------------------ memory
     def to_device(self, a: np.ndarray, dtype: str) -> paddle.Tensor:
@@ -537,7 +504,7 @@ class CudaOps(DecoderOps):
         m, k, n = int(x.shape[0]), int(x.shape[1]), int(w.shape[0])
         if self.stream_merge != "next" or not (s := self.stream_splits(m, n, k, dtype_name(x))):
             return None
-        parts = self.scratch(f"gemm_parts_{n}x{k}", s * m * n, "float32")
+        parts = self._empty([s * m * n], "float32")
         self._call("rl_stream_gemm_parts", parts.data_ptr(), x.data_ptr(), w.data_ptr(), m, n, k,
                    s, self.stream)  # fmt: skip
         return SplitKParts(parts, s, m, n)
@@ -660,8 +627,8 @@ class CudaOps(DecoderOps):
                 nsplit = max(1, -(-(st.table_stride * st.block_size) // kps))
             part_acc = part_ml = None
             if nsplit > 1:
-                part_acc = self.scratch("attn_acc", st.n_tok * hq * nsplit * d, "float32")
-                part_ml = self.scratch("attn_ml", st.n_tok * hq * nsplit * 2, "float32")
+                part_acc = self._empty([st.n_tok * hq * nsplit * d], "float32")
+                part_ml = self._empty([st.n_tok * hq * nsplit * 2], "float32")
             counters = self.counters.data_ptr() if blocks <= ATTN_COUNTERS else None
             args = (
                 q.data_ptr(), kc.data_ptr(), vc.data_ptr(), st.tables, st.table_stride, st.seq,
@@ -770,7 +737,7 @@ class CudaOps(DecoderOps):
         nchunk = max(1, min(64, -(-4 * self.num_sms // max(rows, 1)), vocab // 2048))
         if nchunk == 1 or rows > SELECT_COUNTERS:
             return None, None, 1
-        part = self.scratch("select", rows * nchunk * self._select_part_bytes, "uint8")
+        part = self._empty([rows * nchunk * self._select_part_bytes], "uint8")
         return part, self.counters.data_ptr() + 4 * ATTN_COUNTERS, nchunk
 
     def argmax(self, logits: paddle.Tensor) -> paddle.Tensor:
