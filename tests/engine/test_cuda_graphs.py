@@ -155,7 +155,6 @@ def test_shape_rules_change_only_at_graph_buckets() -> None:
         ATTN_DEEP_ROWS,
         FUSED_GEMM_ROWS,
         STREAM_GEMM_ROWS,
-        STREAM_QKV_ROWS,
         deep_split,
         keys_per_split,
     )
@@ -168,6 +167,6 @@ def test_shape_rules_change_only_at_graph_buckets() -> None:
         assert deep_split(n) == deep_split(b), (n, b)
         # the fused GEMMs', the streaming GEMMs' and deep attention splits' row limits
         # (defaults and the tuned 64), and the streaming kernel's 32- / 64-row blocks
-        for limit in {FUSED_GEMM_ROWS, STREAM_GEMM_ROWS, STREAM_QKV_ROWS, ATTN_DEEP_ROWS, 32, 64}:
+        for limit in {FUSED_GEMM_ROWS, STREAM_GEMM_ROWS, ATTN_DEEP_ROWS, 32, 64}:
             assert (n <= limit) == (b <= limit), (limit, n, b)
     assert keys_per_split("v5", 1) < keys_per_split("v5", 128)  # longer splits for big batches

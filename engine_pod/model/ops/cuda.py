@@ -116,9 +116,6 @@ _GEMM_NORM, _GEMM_RES, _GEMM_NORM_SILU = 1, 2, 5  # gemm.cuh flags: prologue / e
 # the shape (a decoder's qkv / o / down; not gate_up or the LM head); the rest on cuBLAS. 0: never.
 # (H200 engine, 0.5B shape: -76..-84 us a step at 32 rows, +13..+35 at 64: RESULTS.md round 6.)
 STREAM_GEMM_ROWS = int(os.environ.get("RLFLEET_STREAM_GEMM_ROWS", "32"))
-# the same limit for the qkv projection alone (its product feeds RoPE + the KV write, then
-# attention, whose early KV tiles load while a streaming qkv GEMM runs); default: the above
-STREAM_QKV_ROWS = int(os.environ.get("RLFLEET_STREAM_QKV_ROWS", str(STREAM_GEMM_ROWS)))
 # how its split-K partial sums are added: "next" (the default) by the kernel that reads the
 # product next (the qkv projection's RoPE + KV write, the residual add + RMSNorm after o and
 # down: `linear_deferred`, `qkv_rope_linear`), "cluster" inside the GEMM (distributed shared
@@ -276,7 +273,6 @@ class CudaOps(DecoderOps):
         self.fused_gemm_rows = max([0] + [b for b in BATCH_BUCKETS if b <= FUSED_GEMM_ROWS])
         self._fused_ok: dict[tuple[int, ...], bool] = {}
         self.stream_gemm_rows = max([0] + [b for b in BATCH_BUCKETS if b <= STREAM_GEMM_ROWS])
-        self.stream_qkv_rows = max([0] + [b for b in BATCH_BUCKETS if b <= STREAM_QKV_ROWS])
         self.attn_deep_rows = max([0] + [b for b in BATCH_BUCKETS if b <= ATTN_DEEP_ROWS])
         if STREAM_MERGE not in ("next", "cluster"):
             raise ValueError(f"RLFLEET_STREAM_MERGE must be next or cluster, got {STREAM_MERGE!r}")
@@ -485,12 +481,12 @@ class CudaOps(DecoderOps):
                    delta.data_ptr() if delta is not None else None, rows, w.data_ptr(), n, h,
                    eps, _CODE[dt], self.stream)  # fmt: skip
 
-    def stream_splits(self, m: int, n: int, k: int, dtype: str, rows: int | None = None) -> int:
+    def stream_splits(self, m: int, n: int, k: int, dtype: str) -> int:
         """Split count of x[m, k] . w[n, k]^T on the streaming kernel (`stream_merge`'s form);
-        0: not there (cuBLAS). bf16, at most `rows` (default `stream_gemm_rows`) rows (a graph
-        bucket, so a batch and its padded graph decide alike; a row's result does not depend
-        on the row count), a shape it takes."""
-        if not 0 < m <= (self.stream_gemm_rows if rows is None else rows) or dtype != "bfloat16":
+        0: not there (cuBLAS). bf16, at most `stream_gemm_rows` rows (a graph bucket, so a
+        batch and its padded graph decide alike; a row's result does not depend on the row
+        count), a shape it takes."""
+        if not 0 < m <= self.stream_gemm_rows or dtype != "bfloat16":
             return 0
         key = (min(m, 33) // 33, n, k)  # its split rule sees only M <= 32 or not
         if key not in self._stream_splits:
@@ -499,17 +495,14 @@ class CudaOps(DecoderOps):
             self._stream_splits[key] = int(fn(m, n, k))
         return self._stream_splits[key]
 
-    def stream_gemm(self, m: int, n: int, k: int, dtype: str, rows: int | None = None) -> bool:
+    def stream_gemm(self, m: int, n: int, k: int, dtype: str) -> bool:
         """Does `stream_merge`'s streaming GEMM take this product (see `stream_splits`)?"""
-        return self.stream_splits(m, n, k, dtype, rows) > 0
+        return self.stream_splits(m, n, k, dtype) > 0
 
-    def _gemm_parts(
-        self, x: paddle.Tensor, w: paddle.Tensor, rows: int | None = None
-    ) -> SplitKParts | None:
+    def _gemm_parts(self, x: paddle.Tensor, w: paddle.Tensor) -> SplitKParts | None:
         """x . w^T as split-K partials ("next" merge), or None where the kernel does not take it."""
         m, k, n = int(x.shape[0]), int(x.shape[1]), int(w.shape[0])
-        dt = dtype_name(x)
-        if self.stream_merge != "next" or not (s := self.stream_splits(m, n, k, dt, rows)):
+        if self.stream_merge != "next" or not (s := self.stream_splits(m, n, k, dtype_name(x))):
             return None
         parts = self._empty([s * m * n], "float32")
         self._call("rl_stream_gemm_parts", parts.data_ptr(), x.data_ptr(), w.data_ptr(), m, n, k,
@@ -526,14 +519,8 @@ class CudaOps(DecoderOps):
     def linear(
         self, x: paddle.Tensor, w: paddle.Tensor, b: paddle.Tensor | None = None
     ) -> paddle.Tensor:
-        return self._linear(x, w, b)
-
-    def _linear(
-        self, x: paddle.Tensor, w: paddle.Tensor, b: paddle.Tensor | None, rows: int | None = None
-    ) -> paddle.Tensor:
-        """`linear`, on the streaming kernel up to `rows` rows (`stream_splits`)."""
         m, k, n = int(x.shape[0]), int(x.shape[1]), int(w.shape[0])
-        if self.stream_merge == "cluster" and self.stream_gemm(m, n, k, dtype_name(x), rows):
+        if self.stream_merge == "cluster" and self.stream_gemm(m, n, k, dtype_name(x)):
             y = self._empty([m, n], "bfloat16")
             self._call("rl_stream_gemm", y.data_ptr(), x.data_ptr(), w.data_ptr(), m, n, k, 0,
                        self.stream)  # fmt: skip
@@ -556,15 +543,14 @@ class CudaOps(DecoderOps):
         vc: paddle.Tensor,
     ) -> paddle.Tensor:
         cfg = st.cfg
-        if (parts := self._gemm_parts(h, w, self.stream_qkv_rows)) is not None:
+        if (parts := self._gemm_parts(h, w)) is not None:
             return self._qkv_rope(None, parts, bias, st, kc, vc)
         m, k, n = int(h.shape[0]), int(h.shape[1]), int(w.shape[0])
         if (
             self.stream_merge != "cluster" or not STREAM_ROPE or 64 % cfg.head_dim
-            or not self.stream_gemm(m, n, k, dtype_name(h), self.stream_qkv_rows)
+            or not self.stream_gemm(m, n, k, dtype_name(h))
         ):  # fmt: skip
-            q_rows = self.stream_qkv_rows
-            return self.qkv_rope_cache(self._linear(h, w, None, q_rows), bias, st, kc, vc)
+            return self.qkv_rope_cache(self.linear(h, w), bias, st, kc, vc)
         q = self._empty([m, cfg.num_heads, cfg.head_dim], "bfloat16")
         self._call(
             "rl_stream_gemm_rope", q.data_ptr(), h.data_ptr(), w.data_ptr(), m, n, k,
