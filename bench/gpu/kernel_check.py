@@ -268,13 +268,15 @@ def check_stream(ck: Checker, case: str, pair, back, hidden: int, heads: int, kv
     """The streaming GEMMs (gemm_stream.cuh) at 17..64 rows (bf16; whatever the engine's
     RLFLEET_STREAM_GEMM_ROWS) through the ops the decoder calls: o's and down's products into
     add + RMSNorm (`linear_deferred`: split-K partials summed by the norm); with
-    RLFLEET_STREAM_MERGE=cluster, `linear` itself."""
+    RLFLEET_STREAM_MERGE=cluster, `linear` itself. And gate_up + SiLU * mul in one kernel
+    (gemm_silu.cuh, `linear_silu`; whatever RLFLEET_GATE_UP_SILU_ROWS)."""
     gpu = ck.gpu
-    rows, gpu.stream_gemm_rows = gpu.stream_gemm_rows, 64  # every size the kernel takes
+    rows = gpu.stream_gemm_rows, gpu.gate_up_silu_rows
+    gpu.stream_gemm_rows = gpu.gate_up_silu_rows = 64  # every size the kernels take
     try:
         _check_stream_rows(ck, case, pair, back, hidden, heads, kv, d, inter)
     finally:
-        gpu.stream_gemm_rows = rows
+        gpu.stream_gemm_rows, gpu.gate_up_silu_rows = rows
 
 
 def _check_stream_rows(ck: Checker, case: str, pair, back, hidden: int, heads: int, kv: int,
@@ -296,6 +298,12 @@ def _check_stream_rows(ck: Checker, case: str, pair, back, hidden: int, heads: i
             if gpu.stream_merge == "cluster":
                 got_l, want_l = back(gpu.linear(a_g, w_g)), C(cpu.linear, a_c, w_c).numpy()
                 ck.record(f"stream.{name}", c, dtype, got_l, want_l)
+        if gpu.lib.rl_gate_up_silu_units(m, inter, hidden):
+            _, h_c, h_g = pair(m, hidden)
+            _, gu_c, gu_g = pair(2 * inter, hidden, scale=hidden**-0.5)
+            want = C(cpu.silu_mul, C(cpu.linear, h_c, gu_c)).numpy()
+            ck.record("gate_up_silu", f"{case} M={m}", dtype, back(gpu.linear_silu(h_g, gu_g)),
+                      want)  # fmt: skip
 
 
 def check_argmax_ties(ck: Checker) -> None:

@@ -182,7 +182,7 @@ class PagedDecoder:
             attn = ops.attention(q, kc, vc, st)
             o = ops.linear_deferred(attn, lw.o, lw.o_bias)
             x, h = ops.add_rms_norm(x, o, lw.post_norm, eps)
-            delta = ops.linear_deferred(ops.silu_mul(ops.linear(h, lw.gate_up)), lw.down)
+            delta = ops.linear_deferred(ops.linear_silu(h, lw.gate_up), lw.down)
         if plan.sample_rows.size == 0:
             return None
         rows = ops.final_norm(x, delta, w.norm, st, eps)

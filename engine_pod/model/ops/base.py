@@ -102,6 +102,11 @@ class DecoderOps(ABC):
     def silu_mul(self, gate_up: paddle.Tensor) -> paddle.Tensor:
         """[T, 2I] (gate then up) → silu(gate) * up [T, I]."""
 
+    def linear_silu(self, x: paddle.Tensor, gate_up: paddle.Tensor) -> paddle.Tensor:
+        """silu_mul(x @ gate_up^T): the MLP's gate_up projection and SiLU * mul, [T, I] (a
+        kernel library may run both in one kernel, with the same roundings)."""
+        return self.silu_mul(self.linear(x, gate_up))
+
     @abstractmethod
     def final_norm(
         self, x: paddle.Tensor, delta: Any, w: paddle.Tensor, st: Any, eps: float

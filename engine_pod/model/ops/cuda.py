@@ -57,6 +57,8 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rl_paged_attention_v4": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v5": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _I, _I, _P],
     "rl_set_pdl": [_I],
+    "rl_gate_up_silu": [_P, _P, _P, _I, _I, _I, _P],
+    "rl_gate_up_silu_units": [_I, _I, _I],
     "rl_gemm_config": [_I, _I, _I, _I, _P, _P],
     "rl_gemm_norm": [_P, _P, _P, _P, _P, _F, _P, _I, _I, _I, _P, _P, _P],
     "rl_gemm_norm_silu": [_P, _P, _P, _P, _P, _F, _P, _I, _I, _I, _P, _P, _P],
@@ -116,6 +118,11 @@ _GEMM_NORM, _GEMM_RES, _GEMM_NORM_SILU = 1, 2, 5  # gemm.cuh flags: prologue / e
 # the shape (a decoder's qkv / o / down; not gate_up or the LM head); the rest on cuBLAS. 0: never.
 # (H200 engine, 0.5B shape: -76..-84 us a step at 32 rows, +13..+35 at 64: RESULTS.md round 6.)
 STREAM_GEMM_ROWS = int(os.environ.get("RLFLEET_STREAM_GEMM_ROWS", "32"))
+# bf16 steps of at most this many rows (and more than the fused path's) run the MLP's gate_up
+# GEMM and SiLU * mul as one kernel of ours (gemm_silu.cuh: weight copies start before the
+# previous kernel ends, SiLU * mul in the epilogue) where it takes the shape; the rest on
+# cuBLAS + rl_silu_mul. 0: never.
+GATE_UP_SILU_ROWS = int(os.environ.get("RLFLEET_GATE_UP_SILU_ROWS", "0"))
 # how its split-K partial sums are added: "next" (the default) by the kernel that reads the
 # product next (the qkv projection's RoPE + KV write, the residual add + RMSNorm after o and
 # down: `linear_deferred`, `qkv_rope_linear`), "cluster" inside the GEMM (distributed shared
@@ -274,6 +281,7 @@ class CudaOps(DecoderOps):
         self._fused_ok: dict[tuple[int, ...], bool] = {}
         self.stream_gemm_rows = max([0] + [b for b in BATCH_BUCKETS if b <= STREAM_GEMM_ROWS])
         self.attn_deep_rows = max([0] + [b for b in BATCH_BUCKETS if b <= ATTN_DEEP_ROWS])
+        self.gate_up_silu_rows = max([0] + [b for b in BATCH_BUCKETS if b <= GATE_UP_SILU_ROWS])
         if STREAM_MERGE not in ("next", "cluster"):
             raise ValueError(f"RLFLEET_STREAM_MERGE must be next or cluster, got {STREAM_MERGE!r}")
         self.stream_merge = STREAM_MERGE
@@ -532,6 +540,20 @@ class CudaOps(DecoderOps):
             self._call("rl_add_bias", y.data_ptr(), b.data_ptr(), n, int(b.shape[0]), _CODE[dt],
                        self.stream)  # fmt: skip
         return y
+
+    def linear_silu(self, x: paddle.Tensor, gate_up: paddle.Tensor) -> paddle.Tensor:
+        """One kernel (rl_gate_up_silu) for bf16 steps of at most `gate_up_silu_rows` rows (a
+        graph bucket; a row's result does not depend on the row count), else the two calls."""
+        m, k, n2 = int(x.shape[0]), int(x.shape[1]), int(gate_up.shape[0])
+        if 0 < m <= self.gate_up_silu_rows and dtype_name(x) == dtype_name(gate_up) == "bfloat16":
+            out = self._empty([m, n2 // 2], "bfloat16")
+            rc = self.lib.rl_gate_up_silu(out.data_ptr(), x.data_ptr(), gate_up.data_ptr(), m,
+                                          n2 // 2, k, self.stream)  # fmt: skip
+            if rc == 0:
+                return out
+            if rc != 801:
+                raise CudaError(f"rl_gate_up_silu: CUDA error {rc}")
+        return self.silu_mul(self.linear(x, gate_up))
 
     def qkv_rope_linear(
         self,

@@ -1665,6 +1665,8 @@ static int num_sms() {  // of the current device, cached
   return n;
 }
 
+#include "gemm_silu.cuh"  // gate_up + SiLU * mul in one kernel for 17..64-row decode steps
+
 // split-K attention's partials merged by a second launch (attn_combine_k), when the splits
 // did not merge in their own launch
 template <typename T>
@@ -1684,7 +1686,7 @@ static void combine_splits(void* out, void* part_acc, void* part_ml, int tokens,
 
 extern "C" {
 
-int rl_version() { return 9; }
+int rl_version() { return 10; }
 
 // out[M, N] = bf16(x[M, K] . W[N, K]^T) on the streaming kernel (gemm_stream.cuh), launched as
 // a programmatic dependent launch when PDL is on; splits 0: the default.
@@ -1739,6 +1741,18 @@ int rl_stream_gemm_dbg(void* out, void* parts, const void* x, const void* w, int
   p.parts = (float*)parts;
   return stream::gemm(p, splits, num_sms(), g_pdl, (cudaStream_t)stream,
                       parts ? stream::Mode::parts : stream::Mode::merge);
+}
+
+// out[M, I] = bf16(bf16(silu(g)) * u) with [g | u] = x[M, K] . W[2I, K]^T (gate rows, then up
+// rows): the MLP's gate_up GEMM and SiLU * mul in one launch (gemm_silu.cuh; bf16; the values
+// rl_silu_mul writes on a bf16 product). 801: a shape it does not take (use the two calls).
+int rl_gate_up_silu(void* out, const void* x, const void* w, int M, int I, int K, void* stream) {
+  return gusilu::run(out, x, w, M, I, K, num_sms(), (cudaStream_t)stream);
+}
+
+// the most output units (8 columns) a block of rl_gate_up_silu takes (0: shape not taken)
+int rl_gate_up_silu_units(int M, int I, int K) {
+  return gusilu::units_per_block(M, I, K, num_sms());
 }
 
 // the split count rl_stream_gemm would use for these sizes (0: not taken)
