@@ -154,6 +154,7 @@ def test_shape_rules_change_only_at_graph_buckets() -> None:
     from engine_pod.model.ops.cuda import (
         ATTN_DEEP_ROWS,
         FUSED_GEMM_ROWS,
+        GATE_UP_SILU_ROWS,
         STREAM_GEMM_ROWS,
         deep_split,
         keys_per_split,
@@ -167,6 +168,6 @@ def test_shape_rules_change_only_at_graph_buckets() -> None:
         assert deep_split(n) == deep_split(b), (n, b)
         # the fused GEMMs', the streaming GEMMs' and deep attention splits' row limits
         # (defaults and the tuned 64), and the streaming kernel's 32- / 64-row blocks
-        for limit in {FUSED_GEMM_ROWS, STREAM_GEMM_ROWS, ATTN_DEEP_ROWS, 32, 64}:
+        for limit in {FUSED_GEMM_ROWS, STREAM_GEMM_ROWS, GATE_UP_SILU_ROWS, ATTN_DEEP_ROWS, 32, 64}:
             assert (n <= limit) == (b <= limit), (limit, n, b)
     assert keys_per_split("v5", 1) < keys_per_split("v5", 128)  # longer splits for big batches

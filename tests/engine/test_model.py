@@ -150,3 +150,29 @@ def test_deferred_products_reach_only_the_norms(tiny_dir: str) -> None:
     prompt = r.tokenizer.encode("Hello world, this is")
     assert run_paged(r, [prompt]) == [reference_greedy(tiny_dir, prompt, N_NEW)]
     assert DeferringOps.calls >= 2 * r.config.num_layers
+
+
+def test_mlp_goes_through_linear_silu(tiny_dir: str) -> None:
+    """The decoder runs each layer's gate_up projection and SiLU * mul through one
+    `linear_silu` call (a GPU kernel library does both in one kernel): ops that count the
+    calls and compute it their own way (here, the two ops in float64) still decode the
+    reference tokens."""
+    import numpy as np
+    import paddle
+
+    from engine_pod.model.ops import NativeOps
+
+    class CountingOps(NativeOps):
+        calls = 0
+
+        def linear_silu(self, x, gate_up):
+            CountingOps.calls += 1
+            g_u = x.numpy().astype(np.float64) @ gate_up.numpy().astype(np.float64).T
+            g, u = np.split(g_u, 2, axis=-1)
+            return paddle.to_tensor((g / (1 + np.exp(-g)) * u).astype(np.float32))
+
+    r = PaddleModelRunner(tiny_dir)
+    r.ops = r.decoder.ops = CountingOps()
+    prompt = r.tokenizer.encode("Hello world, this is")
+    assert run_paged(r, [prompt]) == [reference_greedy(tiny_dir, prompt, N_NEW)]
+    assert CountingOps.calls >= r.config.num_layers

@@ -121,8 +121,9 @@ STREAM_GEMM_ROWS = int(os.environ.get("RLFLEET_STREAM_GEMM_ROWS", "32"))
 # bf16 steps of at most this many rows (and more than the fused path's) run the MLP's gate_up
 # GEMM and SiLU * mul as one kernel of ours (gemm_silu.cuh: weight copies start before the
 # previous kernel ends, SiLU * mul in the epilogue) where it takes the shape; the rest on
-# cuBLAS + rl_silu_mul. 0: never.
-GATE_UP_SILU_ROWS = int(os.environ.get("RLFLEET_GATE_UP_SILU_ROWS", "0"))
+# cuBLAS + rl_silu_mul. 0: never. (H200 engine, 0.5B shape: -14 us a step at 32 rows, +82 at
+# 64, where mma.sync's products cost more than the launch saved: RESULTS.md round 7.)
+GATE_UP_SILU_ROWS = int(os.environ.get("RLFLEET_GATE_UP_SILU_ROWS", "32"))
 # how its split-K partial sums are added: "next" (the default) by the kernel that reads the
 # product next (the qkv projection's RoPE + KV write, the residual add + RMSNorm after o and
 # down: `linear_deferred`, `qkv_rope_linear`), "cluster" inside the GEMM (distributed shared
