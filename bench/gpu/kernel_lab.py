@@ -1,6 +1,6 @@
 """The CUDA kernels alone on the lent GPU, without Paddle: correctness and GPU time.
 
-    OUT=/tmp/out python bench/gpu/kernel_lab.py [--only attn,select,gemm,layer,cold,splitk,stream,parts,deepctx]
+    OUT=/tmp/out python bench/gpu/kernel_lab.py [--only attn,select,gemm,layer,cold,splitk,stream,parts,deepctx,gusilu]
 
 One device call, no payload: the device image has nvcc and PyTorch but no Paddle, so this
 builds `engine_pod/model/ops/kernels.cu` with nvcc (ops/build.py's flags) and drives the
@@ -60,6 +60,8 @@ SIGS = {
     "rl_argmax": [_P, _P, _I, _I, _I, _P, _P, _I, _P],
     "rl_sample": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _I, _P],
     "rl_select_part_bytes": [],
+    "rl_gate_up_silu": [_P, _P, _P, _I, _I, _I, _P],
+    "rl_gate_up_silu_units": [_I, _I, _I],
 }
 CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -306,6 +308,7 @@ class LayerChain:
         # kernel: RoPE + KV write, add + RMSNorm); splits 0: the kernel's default
         self.stream_gemm: bool | str = False
         self.splits = 0
+        self.gate_up_silu = False  # gate_up + SiLU * mul as one rl_gate_up_silu launch
         self.pbuf = torch.empty(32 * B * (hq + 2 * hkv) * d, device="cuda")
         self.pq, self.po, self.pd = (torch.empty_like(self.pbuf) for _ in range(3))
         self.out = torch.empty_like(self.x0)  # the final norm's output
@@ -407,10 +410,14 @@ class LayerChain:
                 self._mm(self.attn, w["o"], self.o, "o")
             if ours:
                 self._add_norm(self.hbuf, self.po if o_parts else self.o, o_parts, w["n2"], "norm2")
-            self._mm(self.hbuf, w["gu"], self.gu, "gate_up")
-            if ours and "silu" not in self.skip:
-                self._rc(lib.rl_silu_mul(ptr(self.act), ptr(self.gu), B, self.inter, 1, stream()),
-                         "silu")  # fmt: skip
+            if self.gate_up_silu and "gemm" in self.parts and "gate_up" not in self.skip:
+                self._rc(lib.rl_gate_up_silu(ptr(self.act), ptr(self.hbuf), ptr(w["gu"]), B,
+                                             self.inter, h, stream()), "gate_up_silu")  # fmt: skip
+            else:
+                self._mm(self.hbuf, w["gu"], self.gu, "gate_up")
+                if ours and "silu" not in self.skip:
+                    self._rc(lib.rl_silu_mul(ptr(self.act), ptr(self.gu), B, self.inter, 1,
+                                             stream()), "silu")  # fmt: skip
             if not (dn_parts := self._parts(self.act, w["dn"], self.pd, "down")):
                 self._mm(self.act, w["dn"], self.dn, "down")
         if ours:  # the model's final norm (x += the last layer's delta)
@@ -859,6 +866,63 @@ def deep_ctx_lab(lib) -> None:
     RESULTS["timing"]["deep_ctx_us"] = rows
 
 
+def gate_up_silu_lab(lib) -> None:
+    """gate_up + SiLU * mul as one launch (rl_gate_up_silu, gemm_silu.cuh) against cuBLAS +
+    rl_silu_mul: the values against float64 (g and u rounded to bf16 as the GEMM's output
+    is); GPU µs a launch with cold weights (24 distinct 0.5B gate_up weights, PDL) at 17 / 32 /
+    64 rows; and the 24-layer chain at B = 32 / 64 (1024-key attention splits) with it."""
+    from gemm_lab import SHAPES
+
+    n2, k = SHAPES["gate_up"]
+    inter = n2 // 2
+    ws = [torch.randn(n2, k, device="cuda").to(torch.bfloat16) * 0.02 for _ in range(24)]
+    rows = []
+    for m in (17, 32, 64):
+        x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+        gu = torch.empty(m, n2, device="cuda", dtype=torch.bfloat16)
+        act = torch.empty(m, inter, device="cuda", dtype=torch.bfloat16)
+
+        def ours(x=x, act=act, m=m) -> None:
+            for w in ws:
+                rc = lib.rl_gate_up_silu(ptr(act), ptr(x), ptr(w), m, inter, k, stream())
+                if rc:
+                    raise RuntimeError(f"rl_gate_up_silu M={m}: {rc}")
+
+        def two(x=x, gu=gu, act=act, m=m) -> None:
+            for w in ws:
+                torch.matmul(x, w.t(), out=gu)
+                lib.rl_silu_mul(ptr(act), ptr(gu), m, inter, 1, stream())
+
+        ours()
+        torch.cuda.synchronize()
+        prod = x.double() @ ws[-1].double().t()
+        g, u = (prod.to(torch.bfloat16).double()[:, i : i + inter] for i in (0, inter))
+        ref = (g / (1 + torch.exp(-g))).to(torch.bfloat16).double() * u
+        err = float((act.double() - ref).abs().max() / ref.abs().max())
+        check("gate_up_silu", err < 2e-2, f"M={m}: max err {err:.2e} of max |out| (float64)")
+        r = {"M": m, "units_per_block": lib.rl_gate_up_silu_units(m, inter, k),
+             "ours_us": round(graph_us(ours, launches=1) / len(ws), 2),
+             "cublas_silu_us": round(graph_us(two, launches=1) / len(ws), 2)}  # fmt: skip
+        rows.append(r)
+        print(r, flush=True)
+    for B in (32, 64):
+        chain = LayerChain(lib, B, ctx=533, spread=21)
+        chain.set_attention(1024, 8)
+        r = {"batch": B, "ctx": "513..533"}
+        for mode in (False, "parts"):
+            for fused in (False, True):
+                chain.stream_gemm, chain.gate_up_silu = mode, fused
+                graph = chain.capture()
+                key = f"{'parts' if mode else 'cublas'}{'_gusilu' if fused else ''}_us_per_layer"
+                r[key] = round(replay_us(graph) / chain.layers, 2)
+                del graph
+        rows.append(r)
+        print(r, flush=True)
+        del chain
+        torch.cuda.empty_cache()
+    RESULTS["timing"]["gate_up_silu_us"] = rows
+
+
 # ---------------------------------------------------------------- selection / sampling
 def params_rows(n, temp=0.0, top_p=1.0, top_k=0, seed=1234, counters=None) -> torch.Tensor:
     p = np.zeros((n, 5), dtype=np.int64)
@@ -1077,6 +1141,8 @@ def main() -> None:
         layer_lab(lib)
     if "deepctx" in parts:
         deep_ctx_lab(lib)
+    if "gusilu" in parts:  # (written in session 8, not yet run on a device)
+        gate_up_silu_lab(lib)
     if "cold" in parts:
         cold_gemm_timing(lib)
     bad = [n for n, cs in RESULTS["checks"].items() for c in cs if not c["ok"]]
