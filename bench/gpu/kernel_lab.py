@@ -312,8 +312,7 @@ class LayerChain:
         self.pbuf = torch.empty(32 * B * (hq + 2 * hkv) * d, device="cuda")
         self.pq, self.po, self.pd = (torch.empty_like(self.pbuf) for _ in range(3))
         self.out = torch.empty_like(self.x0)  # the final norm's output
-        # launches left out (timing only: what each costs in the chain): norm1, qkv, rope,
-        # attn, o, norm2, gate_up, silu, down
+        # launches left out (timing only: what each costs in the chain), names from LAUNCHES
         self.skip: set[str] = set()
 
     def set_attention(self, kps: int, stages: int) -> None:
@@ -434,6 +433,27 @@ class LayerChain:
             self.run()
         torch.cuda.synchronize()
         return graph
+
+    def us_per_layer(self) -> float:
+        """GPU µs a layer of the chain as it is set up now (captured, replayed, dropped)."""
+        graph = self.capture()
+        us = round(replay_us(graph) / self.layers, 2)
+        del graph
+        return us
+
+    def launch_costs(self) -> dict[str, float]:
+        """µs a layer of the chain with each launch left out in turn (timing only: what each
+        launch costs in the chain), by launch name."""
+        costs = {}
+        for name in LAUNCHES:
+            self.skip = {name}
+            costs[name] = self.us_per_layer()
+        self.skip = set()
+        return costs
+
+
+# a layer's launches, as LayerChain.skip names them
+LAUNCHES = ("norm1", "qkv", "rope", "attn", "o", "norm2", "gate_up", "silu", "down")
 
 
 def replay_us(graph: torch.cuda.CUDAGraph, reps: int = 20) -> float:
@@ -776,9 +796,7 @@ def layer_lab(lib) -> None:
         lib.rl_set_pdl(1)
         for name, parts in (("gemms_only", {"gemm"}), ("ours_only", {"ours"})):
             chain.parts = parts
-            graph = chain.capture()
-            row[f"{name}_us_per_layer"] = round(replay_us(graph) / chain.layers, 2)
-            del graph
+            row[f"{name}_us_per_layer"] = chain.us_per_layer()
         chain.parts = {"gemm", "ours"}
         for mode, *_ in modes[1:]:
             same = all(torch.equal(a, b) for a, b in zip(outs["plain"], outs[mode], strict=True))
@@ -817,13 +835,9 @@ def layer_lab(lib) -> None:
         for mode, attn in ((False, None), ("parts", None), ("parts", (512, 8))) if B == 64 else ():
             chain.stream_gemm, chain.splits, chain.prefetch = mode, 0, 1
             chain.set_attention(*(attn or default_attn))
-            for name in ("norm1", "qkv", "rope", "attn", "o", "norm2", "gate_up", "silu", "down"):
-                chain.skip = {name}
-                graph = chain.capture()
-                key = ("parts" if mode else "cublas") + (f"_attn{attn[0]}" if attn else "")
-                row[f"{key}_without_{name}"] = round(replay_us(graph) / chain.layers, 2)
-                del graph
-            chain.skip = set()
+            key = ("parts" if mode else "cublas") + (f"_attn{attn[0]}" if attn else "")
+            for name, us in chain.launch_costs().items():
+                row[f"{key}_without_{name}"] = us
         chain.set_attention(*default_attn)
         chain.stream_gemm, chain.splits = False, 0
         rows.append(row)
@@ -846,19 +860,13 @@ def deep_ctx_lab(lib) -> None:
             for kps, stages in ((128, 2), (256, 4), (320, 8), (512, 8), (1024, 8)):
                 chain.stream_gemm, chain.splits, chain.prefetch = mode, 0, 1
                 chain.set_attention(kps, stages)
-                graph = chain.capture()
                 key = f"{'parts' if mode else 'cublas'}_attn{kps}x{stages}_us_per_layer"
-                row[key] = round(replay_us(graph) / chain.layers, 2)
-                del graph
+                row[key] = chain.us_per_layer()
         # what each launch costs in the engine's B = 64 chain (cuBLAS GEMMs, 1024-key splits)
         chain.stream_gemm, chain.splits = False, 0
         chain.set_attention(1024, 8)
-        for name in ("norm1", "qkv", "rope", "attn", "o", "norm2", "gate_up", "silu", "down"):
-            chain.skip = {name}
-            graph = chain.capture()
-            row[f"cublas_attn1024x8_without_{name}"] = round(replay_us(graph) / chain.layers, 2)
-            del graph
-        chain.skip = set()
+        for name, us in chain.launch_costs().items():
+            row[f"cublas_attn1024x8_without_{name}"] = us
         rows.append(row)
         print(row, flush=True)
         del chain
@@ -912,10 +920,8 @@ def gate_up_silu_lab(lib) -> None:
         for mode in (False, "parts"):
             for fused in (False, True):
                 chain.stream_gemm, chain.gate_up_silu = mode, fused
-                graph = chain.capture()
                 key = f"{'parts' if mode else 'cublas'}{'_gusilu' if fused else ''}_us_per_layer"
-                r[key] = round(replay_us(graph) / chain.layers, 2)
-                del graph
+                r[key] = chain.us_per_layer()
         rows.append(r)
         print(r, flush=True)
         del chain
