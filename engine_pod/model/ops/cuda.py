@@ -278,11 +278,14 @@ class CudaOps(DecoderOps):
         from engine_pod.model.cuda_graphs import BATCH_BUCKETS  # (it imports this module)
 
         # rounded down to a graph bucket: a batch and its padded graph must decide alike
-        self.fused_gemm_rows = max([0] + [b for b in BATCH_BUCKETS if b <= FUSED_GEMM_ROWS])
+        def bucket_floor(rows: int) -> int:
+            return max([0] + [b for b in BATCH_BUCKETS if b <= rows])
+
+        self.fused_gemm_rows = bucket_floor(FUSED_GEMM_ROWS)
         self._fused_ok: dict[tuple[int, ...], bool] = {}
-        self.stream_gemm_rows = max([0] + [b for b in BATCH_BUCKETS if b <= STREAM_GEMM_ROWS])
-        self.attn_deep_rows = max([0] + [b for b in BATCH_BUCKETS if b <= ATTN_DEEP_ROWS])
-        self.gate_up_silu_rows = max([0] + [b for b in BATCH_BUCKETS if b <= GATE_UP_SILU_ROWS])
+        self.stream_gemm_rows = bucket_floor(STREAM_GEMM_ROWS)
+        self.attn_deep_rows = bucket_floor(ATTN_DEEP_ROWS)
+        self.gate_up_silu_rows = bucket_floor(GATE_UP_SILU_ROWS)
         if STREAM_MERGE not in ("next", "cluster"):
             raise ValueError(f"RLFLEET_STREAM_MERGE must be next or cluster, got {STREAM_MERGE!r}")
         self.stream_merge = STREAM_MERGE
