@@ -1,5 +1,5 @@
 // The MLP's gate_up projection and SiLU * mul in one kernel, for 17..64-row decode steps
-// (included by kernels.cu after launch_k).
+// (included by kernels.cu after gemm.cuh, gemm_stream.cuh and launch_k).
 //
 //   out[M, I] = bf16(bf16(silu(g)) * u),  g = bf16(x . Wg^T), u = bf16(x . Wu^T)
 //
@@ -46,11 +46,6 @@ __host__ inline size_t smem_bytes(int MR, int K, int units) {
   return (size_t)units * UROWS * row_stride(K) * 2 + red_bytes(MR / 8);
 }
 
-__device__ __forceinline__ void cp16(void* dst, const void* src) {
-  unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
-}
-__device__ __forceinline__ void commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 // wait until at most n (0..7) commit groups of this thread are pending
 __device__ __forceinline__ void wait_pending(int n) {
   switch (n) {
@@ -94,9 +89,9 @@ __global__ void __launch_bounds__(THREADS, 1)
     for (int v = tid; v < UROWS * vpr; v += THREADS) {
       const int r = v / vpr, c = v - r * vpr;
       const int row = r < 8 ? col0 + r : I + col0 + r - 8;
-      cp16(ws + (j * UROWS + r) * rs + c * 8, w + (size_t)row * K + c * 8);
+      skinny::cp_async16(ws + (j * UROWS + r) * rs + c * 8, w + (size_t)row * K + c * 8, true);
     }
-    commit();
+    stream::cp_async_commit();
   }
 
   // 2. x, once the kernel before this one has written it: this warp's k range of every row
