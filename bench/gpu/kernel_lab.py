@@ -1,6 +1,6 @@
 """The CUDA kernels alone on the lent GPU, without Paddle: correctness and GPU time.
 
-    OUT=/tmp/out python bench/gpu/kernel_lab.py [--only attn,select,gemm,layer,cold,splitk,stream,parts,deepctx,gusilu]
+    OUT=/tmp/out python bench/gpu/kernel_lab.py [--only attn,select,gemm,layer,cold,splitk,stream,parts,deepctx,gusilu,attnwave]
 
 One device call, no payload: the device image has nvcc and PyTorch but no Paddle, so this
 builds `engine_pod/model/ops/kernels.cu` with nvcc (ops/build.py's flags) and drives the
@@ -874,18 +874,39 @@ def deep_ctx_lab(lib) -> None:
     RESULTS["timing"]["deep_ctx_us"] = rows
 
 
+def attn_wave_lab(lib) -> None:
+    """Attention split lengths x tiles in flight at decode_bench's contexts (513..533 keys) for
+    17..64-row steps: one split a row (1024 keys) against two or three splits whose blocks fit
+    the GPU in one wave (fewer stages: less shared memory, more blocks an SM) — GPU µs a layer
+    of the 24-layer chain, cuBLAS GEMMs. (Session 9 also ran each row's keys in 2 / 3 / 4
+    balanced splits, a kernel mode not kept: lab_attnwave_h200_s9.json.)"""
+    configs = ((1024, 8), (1024, 4), (1024, 2), (512, 4), (384, 4), (320, 4), (320, 2), (192, 2))
+    rows = []
+    for B in (32, 64):
+        chain = LayerChain(lib, B, ctx=533, spread=21)
+        row: dict = {"batch": B, "ctx": "513..533"}
+        for kps, stages in configs:
+            chain.set_attention(kps, stages)
+            row[f"attn{kps}x{stages}_us_per_layer"] = chain.us_per_layer()
+        rows.append(row)
+        print(row, flush=True)
+        del chain
+        torch.cuda.empty_cache()
+    RESULTS["timing"]["attn_wave_us"] = rows
+
+
 def gate_up_silu_lab(lib) -> None:
     """gate_up + SiLU * mul as one launch (rl_gate_up_silu, gemm_silu.cuh) against cuBLAS +
     rl_silu_mul: the values against float64 (g and u rounded to bf16 as the GEMM's output
     is); GPU µs a launch with cold weights (24 distinct 0.5B gate_up weights, PDL) at 17 / 32 /
-    64 rows; and the 24-layer chain at B = 32 / 64 (1024-key attention splits) with it."""
+    48 / 64 rows; and the 24-layer chain at B = 32 / 64 (1024-key attention splits) with it."""
     from gemm_lab import SHAPES
 
-    n2, k = SHAPES["gate_up"]
-    inter = n2 // 2
+    inter, k = SHAPES["gate_up"]  # (I, K): W is [2I, K]
+    n2 = 2 * inter
     ws = [torch.randn(n2, k, device="cuda").to(torch.bfloat16) * 0.02 for _ in range(24)]
     rows = []
-    for m in (17, 32, 64):
+    for m in (17, 32, 48, 64):
         x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
         gu = torch.empty(m, n2, device="cuda", dtype=torch.bfloat16)
         act = torch.empty(m, inter, device="cuda", dtype=torch.bfloat16)
@@ -1147,7 +1168,9 @@ def main() -> None:
         layer_lab(lib)
     if "deepctx" in parts:
         deep_ctx_lab(lib)
-    if "gusilu" in parts:  # (written in session 8, not yet run on a device)
+    if "attnwave" in parts:
+        attn_wave_lab(lib)
+    if "gusilu" in parts:
         gate_up_silu_lab(lib)
     if "cold" in parts:
         cold_gemm_timing(lib)
