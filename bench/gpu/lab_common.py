@@ -31,7 +31,7 @@ def build(out: str, sigs: dict[str, list[Any]], reuse: bool = False) -> ctypes.C
             out = "/tmp/rl_lab_rebuilt.so"
     if lib is None:
         cmd = ["nvcc", "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-lineinfo",
-               "-gencode=arch=compute_90a,code=sm_90a", "-o", out, SRC]  # fmt: skip
+               "-gencode=arch=compute_90,code=sm_90", "-o", out, SRC]  # fmt: skip
         t = time.time()
         subprocess.run(cmd, check=True)
         print(f"nvcc {time.time() - t:.1f} s", flush=True)
