@@ -33,6 +33,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -847,15 +848,28 @@ def layer_lab(lib) -> None:
     RESULTS["timing"]["layer_us"] = rows
 
 
+def ctx533_rows(lib, fill: Callable[[LayerChain, dict], None]) -> list[dict]:
+    """For B = 32 and 64: a LayerChain at decode_bench's contexts (every row 513..533 keys) and
+    a row {"batch", "ctx"} that `fill` adds its figures to; the rows, each printed when done."""
+    rows = []
+    for B in (32, 64):
+        chain = LayerChain(lib, B, ctx=533, spread=21)
+        row: dict = {"batch": B, "ctx": "513..533"}
+        fill(chain, row)
+        rows.append(row)
+        print(row, flush=True)
+        del chain
+        torch.cuda.empty_cache()
+    return rows
+
+
 def deep_ctx_lab(lib) -> None:
     """Attention's deep splits at decode_bench's contexts (every row 513..533 keys: a 512-key
     split leaves a second split of 1..21 keys) against 256- / 320-key splits and one split over
     the table's 1024 keys: GPU µs a layer of the 24-layer chain, cuBLAS GEMMs and partials;
     then each launch's cost in the cuBLAS + 1024-key chain (the chain without it)."""
-    rows = []
-    for B in (32, 64):
-        chain = LayerChain(lib, B, ctx=533, spread=21)
-        row: dict = {"batch": B, "ctx": "513..533"}
+
+    def fill(chain: LayerChain, row: dict) -> None:
         for mode in (False, "parts"):
             for kps, stages in ((128, 2), (256, 4), (320, 8), (512, 8), (1024, 8)):
                 chain.stream_gemm, chain.splits, chain.prefetch = mode, 0, 1
@@ -867,11 +881,8 @@ def deep_ctx_lab(lib) -> None:
         chain.set_attention(1024, 8)
         for name, us in chain.launch_costs().items():
             row[f"cublas_attn1024x8_without_{name}"] = us
-        rows.append(row)
-        print(row, flush=True)
-        del chain
-        torch.cuda.empty_cache()
-    RESULTS["timing"]["deep_ctx_us"] = rows
+
+    RESULTS["timing"]["deep_ctx_us"] = ctx533_rows(lib, fill)
 
 
 def attn_wave_lab(lib) -> None:
@@ -881,18 +892,13 @@ def attn_wave_lab(lib) -> None:
     of the 24-layer chain, cuBLAS GEMMs. (Session 9 also ran each row's keys in 2 / 3 / 4
     balanced splits, a kernel mode not kept: lab_attnwave_h200_s9.json.)"""
     configs = ((1024, 8), (1024, 4), (1024, 2), (512, 4), (384, 4), (320, 4), (320, 2), (192, 2))
-    rows = []
-    for B in (32, 64):
-        chain = LayerChain(lib, B, ctx=533, spread=21)
-        row: dict = {"batch": B, "ctx": "513..533"}
+
+    def fill(chain: LayerChain, row: dict) -> None:
         for kps, stages in configs:
             chain.set_attention(kps, stages)
             row[f"attn{kps}x{stages}_us_per_layer"] = chain.us_per_layer()
-        rows.append(row)
-        print(row, flush=True)
-        del chain
-        torch.cuda.empty_cache()
-    RESULTS["timing"]["attn_wave_us"] = rows
+
+    RESULTS["timing"]["attn_wave_us"] = ctx533_rows(lib, fill)
 
 
 def gate_up_silu_lab(lib) -> None:
@@ -934,20 +940,16 @@ def gate_up_silu_lab(lib) -> None:
              "cublas_silu_us": round(graph_us(two, launches=1) / len(ws), 2)}  # fmt: skip
         rows.append(r)
         print(r, flush=True)
-    for B in (32, 64):
-        chain = LayerChain(lib, B, ctx=533, spread=21)
+
+    def fill(chain: LayerChain, row: dict) -> None:
         chain.set_attention(1024, 8)
-        r = {"batch": B, "ctx": "513..533"}
         for mode in (False, "parts"):
             for fused in (False, True):
                 chain.stream_gemm, chain.gate_up_silu = mode, fused
                 key = f"{'parts' if mode else 'cublas'}{'_gusilu' if fused else ''}_us_per_layer"
-                r[key] = chain.us_per_layer()
-        rows.append(r)
-        print(r, flush=True)
-        del chain
-        torch.cuda.empty_cache()
-    RESULTS["timing"]["gate_up_silu_us"] = rows
+                row[key] = chain.us_per_layer()
+
+    RESULTS["timing"]["gate_up_silu_us"] = rows + ctx533_rows(lib, fill)
 
 
 # ---------------------------------------------------------------- selection / sampling
