@@ -1162,20 +1162,12 @@ def main() -> None:
         select_timing(lib)
     if "gemm" in parts:
         gemm_timing()
-    if "stream" in parts:
-        stream_gemm_lab(lib)
-    if "parts" in parts:
-        stream_parts_lab(lib)
-    if "layer" in parts:
-        layer_lab(lib)
-    if "deepctx" in parts:
-        deep_ctx_lab(lib)
-    if "attnwave" in parts:
-        attn_wave_lab(lib)
-    if "gusilu" in parts:
-        gate_up_silu_lab(lib)
-    if "cold" in parts:
-        cold_gemm_timing(lib)
+    labs = [("stream", stream_gemm_lab), ("parts", stream_parts_lab), ("layer", layer_lab),
+            ("deepctx", deep_ctx_lab), ("attnwave", attn_wave_lab), ("gusilu", gate_up_silu_lab),
+            ("cold", cold_gemm_timing)]  # fmt: skip
+    for name, fn in labs:
+        if name in parts:
+            fn(lib)
     bad = [n for n, cs in RESULTS["checks"].items() for c in cs if not c["ok"]]
     RESULTS["all_ok"] = not bad
     with open(os.path.join(out_dir, "lab.json"), "w") as f:
