@@ -557,7 +557,7 @@ class CudaOps(DecoderOps):
                 return out
             if rc != 801:
                 raise CudaError(f"rl_gate_up_silu: CUDA error {rc}")
-        return self.silu_mul(self.linear(x, gate_up))
+        return super().linear_silu(x, gate_up)
 
     def qkv_rope_linear(
         self,
