@@ -218,6 +218,7 @@ def check_shape(ck: Checker, hidden: int, heads: int, kv: int, d: int, inter: in
     if dtype == "bfloat16" and not DRY:
         check_fused(ck, case, pair, back, hidden, heads, kv, d, inter, eps)
         check_stream(ck, case, pair, back, hidden, heads, kv, d, inter)
+        check_lt(ck, case, pair, back, hidden, heads, kv, d, inter, cfg.vocab_size)
     # logits (in the model's dtype on the device; widened for the host) and greedy argmax,
     # straight from those logits and from a float32 copy
     _, r_c, r_g = pair(S, hidden)
@@ -304,6 +305,32 @@ def _check_stream_rows(ck: Checker, case: str, pair, back, hidden: int, heads: i
             want = C(cpu.silu_mul, C(cpu.linear, h_c, gu_c)).numpy()
             ck.record("gate_up_silu", f"{case} M={m}", dtype, back(gpu.linear_silu(h_g, gu_g)),
                       want)  # fmt: skip
+
+
+def check_lt(ck: Checker, case: str, pair, back, hidden: int, heads: int, kv: int, d: int,
+             inter: int, vocab: int) -> None:  # fmt: skip
+    """The layer GEMMs and the LM head on cuBLASLt with the measured algorithm (lt_gemm.py) at
+    each graph bucket it takes and one row count between buckets (bf16), against the CPU
+    path's linear."""
+    gpu, cpu, dtype = ck.gpu, ck.cpu, "bfloat16"
+    lt = gpu.lt
+    if lt.high <= lt.low:
+        return
+    ck.record("lt_gemm.available", case, "float32", np.array([gpu.lt.error]), np.array([0]))
+    shapes = {"qkv": ((heads + 2 * kv) * d, hidden), "o": (hidden, heads * d),
+              "gate_up": (2 * inter, hidden), "down": (hidden, inter), "lm_head": (vocab, hidden)}  # fmt: skip
+    rows = [b for b in lt.buckets if lt.takes(b)]
+    for m in rows + [r - 1 for r in rows[-1:] if lt.takes(r - 1)]:
+        for name, (n, k) in shapes.items():
+            _, a_c, a_g = pair(m, k)
+            _, w_c, w_g = pair(n, k, scale=k**-0.5)
+            got = lt.matmul(a_g, w_g, gpu.stream)
+            if got is None:
+                ck.record(f"lt_gemm.{name}.taken", f"{case} M={m}", "float32", np.array([0]),
+                          np.array([1]))  # fmt: skip
+                continue
+            ck.record(f"lt_gemm.{name}", f"{case} M={m}", dtype, back(got),
+                      C(cpu.linear, a_c, w_c).numpy())  # fmt: skip
 
 
 def check_argmax_ties(ck: Checker) -> None:

@@ -63,6 +63,9 @@ SIGS = {
     "rl_select_part_bytes": [],
     "rl_gate_up_silu": [_P, _P, _P, _I, _I, _I, _P],
     "rl_gate_up_silu_units": [_I, _I, _I],
+    "rl_lt_available": [],
+    "rl_lt_candidates": [_I, _I, _I, _I, ctypes.c_longlong, _P, _P, _P],
+    "rl_lt_gemm": [_P, _P, _P, _I, _I, _I, _P, _P, ctypes.c_longlong, _P],
 }
 CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -310,6 +313,9 @@ class LayerChain:
         self.stream_gemm: bool | str = False
         self.splits = 0
         self.gate_up_silu = False  # gate_up + SiLU * mul as one rl_gate_up_silu launch
+        # GEMMs run by cuBLASLt with a chosen algorithm: (M, N, K) -> 64-byte algo, workspace
+        self.lt_algos: dict[tuple[int, int, int], ctypes.Array] = {}
+        self.lt_ws: torch.Tensor | None = None
         self.pbuf = torch.empty(32 * B * (hq + 2 * hkv) * d, device="cuda")
         self.pq, self.po, self.pd = (torch.empty_like(self.pbuf) for _ in range(3))
         self.out = torch.empty_like(self.x0)  # the final norm's output
@@ -329,7 +335,11 @@ class LayerChain:
         if "gemm" not in self.parts or name in self.skip:
             return
         m, (n, k) = a.shape[0], w.shape
-        if self.stream_gemm and self.lib.rl_stream_gemm_splits(m, n, k):
+        if (algo := self.lt_algos.get((m, n, k))) is not None:
+            ws = self.lt_ws
+            self._rc(self.lib.rl_lt_gemm(ptr(out), ptr(a), ptr(w), m, n, k, algo, ptr(ws),
+                                         ws.numel(), stream()), "lt_gemm")  # fmt: skip
+        elif self.stream_gemm and self.lib.rl_stream_gemm_splits(m, n, k):
             self._rc(self.lib.rl_stream_gemm(ptr(out), ptr(a), ptr(w), m, n, k, 0, stream()),
                      "stream_gemm")  # fmt: skip
         else:
@@ -1142,6 +1152,126 @@ def splitk_timing() -> None:
     RESULTS["timing"]["splitk_us"] = rows
 
 
+LT_INFO = ("ws", "id", "tile", "splitk", "reduction", "stages", "cluster", "swizzle")
+
+
+def lt_candidates(lib, M: int, N: int, K: int, ws_limit: int) -> list[tuple[ctypes.Array, dict]]:
+    """rl_lt_candidates' algorithms for (M, N, K): (64-byte algo, its configuration)."""
+    cap = 96
+    algos = ctypes.create_string_buffer(64 * cap)
+    info = (ctypes.c_longlong * (8 * cap))()
+    n = ctypes.c_int(0)
+    rc = lib.rl_lt_candidates(M, N, K, cap, ws_limit, algos, info, ctypes.byref(n))
+    if rc:
+        raise RuntimeError(f"rl_lt_candidates {M} {N} {K}: {rc}")
+    out = []
+    for i in range(n.value):
+        a = ctypes.create_string_buffer(algos.raw[64 * i : 64 * (i + 1)], 64)
+        out.append((a, dict(zip(LT_INFO, info[8 * i : 8 * i + 8], strict=True))))
+    return out
+
+
+def lt_cold_us(lib, algo, x: torch.Tensor, ws: list[torch.Tensor], out: torch.Tensor,
+               wsbuf: torch.Tensor) -> float:  # fmt: skip
+    """GPU µs of one x . w^T by cuBLASLt with `algo` and cold weights (a graph cycling `ws`)."""
+    (m, k), n = x.shape, ws[0].shape[0]
+
+    def run() -> None:
+        for w in ws:
+            rc = lib.rl_lt_gemm(ptr(out), ptr(x), ptr(w), m, n, k, algo, ptr(wsbuf),
+                                wsbuf.numel(), stream())  # fmt: skip
+            if rc:
+                raise RuntimeError(f"rl_lt_gemm: {rc}")
+
+    return round(graph_us(run, launches=1) / len(ws), 2)
+
+
+def lt_algo_lab(lib) -> None:
+    """cuBLASLt's algorithms for the layer GEMMs at 32 / 64 rows (the heuristic's answers, and
+    each with split-K 2..16): each checked against float64, timed with cold weights (24 copies
+    cycled); then in the 24-layer chain at decode_bench's contexts: each GEMM's five fastest
+    alone on cuBLASLt (the others on cuBLAS), and the best of each together."""
+    from gemm_lab import SHAPES
+
+    a = torch.ones(64, 64, device="cuda", dtype=torch.bfloat16)
+    torch.matmul(a, a)  # torch opens its cuBLAS(Lt): rl_lt_available's dlopen finds it by soname
+    torch.cuda.synchronize()
+    avail = lib.rl_lt_available()
+    check("lt_available", avail == 0, f"rl_lt_available {avail}")
+    if avail:
+        return
+    lib.rl_lt_version.restype = ctypes.c_longlong
+    RESULTS["cublaslt_version"] = int(lib.rl_lt_version())
+    print("cuBLASLt", RESULTS["cublaslt_version"], flush=True)
+    ws_bytes = 32 << 20
+    wsbuf = torch.zeros(ws_bytes, dtype=torch.uint8, device="cuda")
+    top: dict[tuple[int, int, int], list[tuple[float, ctypes.Array, dict]]] = {}
+    rows = []
+    torch.manual_seed(0)
+    for name, (n, k) in SHAPES.items():
+        rows_n = 2 * n if name == "gate_up" else n
+        ws = [torch.randn(rows_n, k, device="cuda").to(torch.bfloat16) * 0.02 for _ in range(24)]
+        for M in (32, 64):
+            x = torch.randn(M, k, device="cuda").to(torch.bfloat16)
+            out = torch.empty(M, rows_n, device="cuda", dtype=torch.bfloat16)
+            ref = x.double() @ ws[0].double().t()
+            tol = float(((x @ ws[0].t()).double() - ref).abs().max()) * 2 + 1e-6
+            r: dict = {"shape": name, "M": M, "cublas": cublas_us(x, ws, out)}
+            r["declined"] = declined = []
+            timed, bad = [], []
+            for i, (algo, cfg) in enumerate(lt_candidates(lib, M, rows_n, k, ws_bytes)):
+                out.fill_(float("nan"))
+                try:
+                    rc = lib.rl_lt_gemm(ptr(out), ptr(x), ptr(ws[0]), M, rows_n, k, algo,
+                                        ptr(wsbuf), ws_bytes, stream())  # fmt: skip
+                    if rc:  # cuBLASLt declined it at run time
+                        declined.append(rc)
+                        continue
+                    err = float((out.double() - ref).abs().max())
+                    if not err <= tol:
+                        bad.append(f"#{i} {cfg} err {err:.3g} > {tol:.3g}")
+                        continue
+                    timed.append((lt_cold_us(lib, algo, x, ws, out, wsbuf), i, algo, cfg))
+                except RuntimeError as e:
+                    bad.append(f"#{i} {cfg}: {e}")
+            check("lt_candidates_correct", not bad and bool(timed),
+                  f"{name} M={M}: {len(timed)} ok, bad: {bad[:3]}")  # fmt: skip
+            if not timed:
+                continue
+            r["lt_first"] = timed[0][0] if timed[0][1] == 0 else None  # the heuristic's choice
+            timed.sort(key=lambda t: t[0])
+            r["lt_best"], r["lt_best_cfg"] = timed[0][0], timed[0][3]
+            r["lt_fastest"] = [{"us": t[0], "index": t[1], **t[3]} for t in timed[:8]]
+            r["candidates"] = len(timed)
+            top[(M, rows_n, k)] = [(t[0], t[2], t[3]) for t in timed[:5]]
+            rows.append(r)
+            print({kk: v for kk, v in r.items() if kk != "lt_fastest"}, flush=True)
+    RESULTS["timing"]["lt_algos_us"] = rows
+
+    def fill(chain: LayerChain, row: dict) -> None:
+        chain.set_attention(1024, 8)
+        chain.lt_ws = wsbuf
+        row["cublas_us_per_layer"] = chain.us_per_layer()
+        best = {}
+        for key, cands in top.items():
+            if key[0] != chain.B:
+                continue
+            tried = []
+            for us, algo, cfg in cands:
+                chain.lt_algos = {key: algo}
+                tried.append((chain.us_per_layer(), us, algo, cfg))
+            tried.sort(key=lambda t: t[0])
+            row[f"lt_{key[1]}x{key[2]}_chain"] = [{"chain": t[0], "alone": t[1], **t[3]}
+                                                   for t in tried]  # fmt: skip
+            best[key] = tried[0][2]
+        chain.lt_algos = best
+        row["lt_best_us_per_layer"] = chain.us_per_layer()
+        chain.lt_algos = {}
+        row["cublas_again_us_per_layer"] = chain.us_per_layer()
+
+    RESULTS["timing"]["lt_chain_us"] = ctx533_rows(lib, fill)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="attn,select,gemm")
@@ -1164,7 +1294,7 @@ def main() -> None:
         gemm_timing()
     labs = [("stream", stream_gemm_lab), ("parts", stream_parts_lab), ("layer", layer_lab),
             ("deepctx", deep_ctx_lab), ("attnwave", attn_wave_lab), ("gusilu", gate_up_silu_lab),
-            ("cold", cold_gemm_timing)]  # fmt: skip
+            ("cold", cold_gemm_timing), ("ltalgo", lt_algo_lab)]  # fmt: skip
     for name, fn in labs:
         if name in parts:
             fn(lib)

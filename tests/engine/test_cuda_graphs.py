@@ -155,6 +155,7 @@ def test_shape_rules_change_only_at_graph_buckets() -> None:
         ATTN_DEEP_ROWS,
         FUSED_GEMM_ROWS,
         GATE_UP_SILU_ROWS,
+        LT_GEMM_ROWS,
         STREAM_GEMM_ROWS,
         deep_split,
         keys_per_split,
@@ -168,6 +169,26 @@ def test_shape_rules_change_only_at_graph_buckets() -> None:
         assert deep_split(n) == deep_split(b), (n, b)
         # the fused GEMMs', the streaming GEMMs' and deep attention splits' row limits
         # (defaults and the tuned 64), and the streaming kernel's 32- / 64-row blocks
-        for limit in {FUSED_GEMM_ROWS, STREAM_GEMM_ROWS, GATE_UP_SILU_ROWS, ATTN_DEEP_ROWS, 32, 64}:
+        limits = {
+            FUSED_GEMM_ROWS,
+            STREAM_GEMM_ROWS,
+            GATE_UP_SILU_ROWS,
+            ATTN_DEEP_ROWS,
+            LT_GEMM_ROWS,
+        }
+        for limit in limits | {32, 64}:
             assert (n <= limit) == (b <= limit), (limit, n, b)
     assert keys_per_split("v5", 1) < keys_per_split("v5", 128)  # longer splits for big batches
+
+
+def test_lt_pick_keeps_the_heuristics_choice_unless_another_is_clearly_faster() -> None:
+    """cuBLASLt's measured algorithm choice (ops/lt_gemm.py; the GPU run: kernel_check's
+    lt_gemm checks): the fastest, but the heuristic's first (index 0, what cuBLAS runs) stays
+    when within the margin; declined algorithms (-1) never win."""
+    from engine_pod.model.ops.lt_gemm import MARGIN, pick
+
+    assert pick([5.0, 4.0, 4.5]) == 1
+    assert pick([4.0 * (1 + MARGIN / 2), 4.0]) == 0
+    assert pick([-1.0, 4.0, 3.0]) == 2
+    assert pick([3.0, -1.0]) == 0
+    assert pick([-1.0, -1.0]) == -1

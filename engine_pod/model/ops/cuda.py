@@ -25,6 +25,7 @@ from engine_pod.model.base import SamplingParams
 from engine_pod.model.hf_config import ModelConfig
 from engine_pod.model.ops import build as ops_build
 from engine_pod.model.ops.base import DecoderOps
+from engine_pod.model.ops.lt_gemm import LtGemms
 from engine_pod.model.safetensors_io import float32_to_bf16
 from engine_pod.model.sampler import device_rows
 from engine_pod.model.step_plan import StepPlan
@@ -132,6 +133,12 @@ STREAM_MERGE = os.environ.get("RLFLEET_STREAM_MERGE", "next")
 # "cluster" merge: the qkv projection's GEMM also does qkv bias + RoPE + the KV write (one
 # launch a layer fewer); 0: a separate rl_qkv_rope_cache launch
 STREAM_ROPE = os.environ.get("RLFLEET_STREAM_ROPE", "1") != "0"
+# bf16 GEMMs of steps of more rows than the fused path's and at most this many that no kernel
+# of ours takes run on cuBLASLt with the algorithm measured fastest for (the step's graph
+# bucket, N, K) (lt_gemm.py; cuBLASLt from RLFLEET_CUBLASLT, else libcublasLt.so.12 / .13).
+# 0: every GEMM on cuBLAS (paddle.matmul). RLFLEET_LT_LOGITS=0 keeps the LM head on cuBLAS.
+LT_GEMM_ROWS = int(os.environ.get("RLFLEET_LT_GEMM_ROWS", "64"))
+LT_LOGITS = os.environ.get("RLFLEET_LT_LOGITS", "1") != "0"
 _GREEDY = SamplingParams(temperature=0.0)
 
 
@@ -291,6 +298,7 @@ class CudaOps(DecoderOps):
         self.stream_merge = STREAM_MERGE
         self._stream_splits: dict[tuple[int, int, int], int] = {}
         self.counters = self.zeros([ATTN_COUNTERS + SELECT_COUNTERS], "int32")
+        self.lt = LtGemms(self.lib, self.fused_gemm_rows, bucket_floor(LT_GEMM_ROWS), BATCH_BUCKETS)
         self.synchronize()
 
     # ------------------------------------------------------------------ plumbing
@@ -536,7 +544,7 @@ class CudaOps(DecoderOps):
             y = self._empty([m, n], "bfloat16")
             self._call("rl_stream_gemm", y.data_ptr(), x.data_ptr(), w.data_ptr(), m, n, k, 0,
                        self.stream)  # fmt: skip
-        else:
+        elif (y := self.lt.matmul(x, w, self.stream)) is None:
             y = paddle.matmul(x, w, transpose_y=True)
         if b is not None:
             dt = dtype_name(y)
@@ -746,6 +754,8 @@ class CudaOps(DecoderOps):
         """Logits [S, vocab] in the model's dtype, as the GEMM wrote them: the selection
         kernels read that dtype directly (a float32 copy would add nothing: the values are
         the same) and `logits_to_numpy` widens them for the host."""
+        if LT_LOGITS and (y := self.lt.matmul(rows, lm_head, self.stream)) is not None:
+            return y
         return paddle.matmul(rows, lm_head, transpose_y=True)
 
     def logits_to_numpy(self, logits: paddle.Tensor) -> np.ndarray:

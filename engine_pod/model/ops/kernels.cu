@@ -1666,6 +1666,7 @@ static int num_sms() {  // of the current device, cached
 }
 
 #include "gemm_silu.cuh"  // gate_up + SiLU * mul in one kernel for 17..64-row decode steps
+#include "lt_gemm.cuh"    // cuBLASLt matmuls with a measured algorithm choice
 
 // split-K attention's partials merged by a second launch (attn_combine_k), when the splits
 // did not merge in their own launch
