@@ -267,6 +267,8 @@ def main() -> None:
     n = args.warm + args.steps
 
     def save() -> None:
+        if (lt := getattr(runner.ops, "lt", None)) is not None:
+            res["cublaslt"] = lt.summary()
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(res, f, indent=1)

@@ -79,6 +79,8 @@ class LtGemms:
             getattr(lib, name).argtypes = args
             getattr(lib, name).restype = ctypes.c_int
         self.error = int(lib.rl_lt_available()) if high > low else -1
+        lib.rl_lt_version.restype = ctypes.c_longlong
+        self.version = int(lib.rl_lt_version()) if self.error == 0 else 0  # e.g. 120103
         self.choices: dict[tuple[int, int, int], LtChoice | None] = {}
         self._runs: dict[tuple[int, int, int], bool] = {}  # the bucket's algorithm at m rows
         self.workspace = paddle.empty([WORKSPACE_BYTES], dtype="uint8") if self.usable else None
@@ -89,6 +91,14 @@ class LtGemms:
     @property
     def usable(self) -> bool:
         return self.high > self.low and self.error == 0
+
+    def summary(self) -> dict:
+        """What was chosen, for benchmark records: cuBLASLt's version and each choice."""
+        return {"error": self.error, "version": self.version, "rows": [self.low + 1, self.high],
+                "choices": {f"{m}x{n}x{k}": None if c is None else
+                            {"us": round(c.us, 2), "heuristic_us": round(c.heuristic_us, 2),
+                             "candidates": c.candidates, **c.config}
+                            for (m, n, k), c in self.choices.items()}}  # fmt: skip
 
     def takes(self, m: int) -> bool:
         return self.usable and self.low < m <= self.high
