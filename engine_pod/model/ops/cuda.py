@@ -137,7 +137,7 @@ STREAM_ROPE = os.environ.get("RLFLEET_STREAM_ROPE", "1") != "0"
 # of ours takes run on cuBLASLt with the algorithm measured fastest for (the step's graph
 # bucket, N, K) (lt_gemm.py; cuBLASLt from RLFLEET_CUBLASLT, else libcublasLt.so.12 / .13).
 # 0: every GEMM on cuBLAS (paddle.matmul). RLFLEET_LT_LOGITS=0 keeps the LM head on cuBLAS.
-LT_GEMM_ROWS = int(os.environ.get("RLFLEET_LT_GEMM_ROWS", "64"))
+LT_GEMM_ROWS = int(os.environ.get("RLFLEET_LT_GEMM_ROWS", "0"))
 LT_LOGITS = os.environ.get("RLFLEET_LT_LOGITS", "1") != "0"
 _GREEDY = SamplingParams(temperature=0.0)
 
