@@ -136,7 +136,10 @@ STREAM_ROPE = os.environ.get("RLFLEET_STREAM_ROPE", "1") != "0"
 # bf16 GEMMs of steps of more rows than the fused path's and at most this many that no kernel
 # of ours takes run on cuBLASLt with the algorithm measured fastest for (the step's graph
 # bucket, N, K) (lt_gemm.py; cuBLASLt from RLFLEET_CUBLASLT, else libcublasLt.so.12 / .13).
-# 0: every GEMM on cuBLAS (paddle.matmul). RLFLEET_LT_LOGITS=0 keeps the LM head on cuBLAS.
+# 0 (the default): every GEMM on cuBLAS (paddle.matmul). H200 engine, 0.5B shape (RESULTS.md
+# round 9): at 64 rows +60 us a step with cuBLASLt 13.1's best and +235 with 12.1's (Paddle's
+# cuBLAS 12.1 path is faster there than any Lt candidate measured); -34 us GPU at 48 rows
+# (13.1). RLFLEET_LT_LOGITS=0 keeps the LM head on cuBLAS.
 LT_GEMM_ROWS = int(os.environ.get("RLFLEET_LT_GEMM_ROWS", "0"))
 LT_LOGITS = os.environ.get("RLFLEET_LT_LOGITS", "1") != "0"
 _GREEDY = SamplingParams(temperature=0.0)

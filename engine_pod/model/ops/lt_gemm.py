@@ -1,8 +1,10 @@
 """cuBLASLt GEMMs with the algorithm chosen by measurement (ops/lt_gemm.cuh).
 
-At 17-64-row decode steps a decoder's GEMMs are latency-bound, and the algorithm cuBLAS's
-heuristic picks first (what `paddle.matmul` runs) is not always the fastest one cuBLASLt has
-for the shape (H200, 0.5B shape: bench/gpu/RESULTS.md round 9). `LtGemms` lists cuBLASLt's
+At 17-64-row decode steps a decoder's GEMMs are latency-bound, and the algorithm cuBLASLt's
+heuristic picks first is not always the fastest one it has for the shape (H200, 0.5B shape,
+cuBLASLt 13.1: 0.5-0.7 us off gate_up and down; bench/gpu/RESULTS.md round 9 — where the
+engine with Paddle's cuBLAS 12.1 path was still faster at 64 rows, so this is opt-in,
+RLFLEET_LT_GEMM_ROWS). `LtGemms` lists cuBLASLt's
 candidates for a shape once (the heuristic's answers, and each with split-K), times each with
 cold weights on the GPU, keeps the fastest (the heuristic's first unless another is faster by
 more than `MARGIN`) and runs it from then on.
