@@ -2,15 +2,15 @@
 //
 //   y[M, N] = bf16(x[M, K] . W[N, K]^T)     bf16 in / out, float32 accumulation (as cuBLAS)
 //
-// cuBLAS (paddle.matmul) runs each GEMM with its heuristic's first choice. At 17-64-row decode
-// steps the 0.5B layer GEMMs are latency-bound, and the first choice is not always the fastest
-// kernel cuBLASLt has for the shape: other tiles, stage counts and split-K settings (with the
-// in-place reduction: still one launch) can be. So:
+// At 17-64-row decode steps the 0.5B layer GEMMs are latency-bound, and cuBLASLt's heuristic's
+// first choice is not always the fastest kernel it has for the shape: other tiles, cluster
+// shapes and split-K settings can be. So:
 //
 //   - rl_lt_candidates lists algorithms for (M, N, K): the heuristic's answers, and each of
 //     them again with split-K 2..16 where the algorithm takes split-K (checked with
 //     cublasLtMatmulAlgoCheck, workspace within the caller's limit);
-//   - the caller times them (the engine: on its own weights, layer after layer) and keeps one;
+//   - rl_lt_time times them with cold weights (scratch copies in a CUDA graph); the caller
+//     keeps one (lt_gemm.py);
 //   - rl_lt_gemm runs the kept algorithm (opaque 64 bytes) on a stream, capturable in a graph.
 //
 // cuBLASLt is opened with dlopen (RLFLEET_CUBLASLT, else libcublasLt.so.12, .so.13): nothing
@@ -151,7 +151,7 @@ int rl_lt_available() { return lt::api().error; }
 long long rl_lt_version() { return lt::api().error ? 0 : (long long)lt::api().version(); }
 
 // Up to `max_count` algorithms for y[M, N] = x[M, K] . W[N, K]^T: the heuristic's answers
-// (its first choice first: what cuBLAS runs), then each again with split-K 2, 3, 4, 6, 8, 12,
+// (its first choice first), then each again with split-K 2, 3, 4, 6, 8, 12,
 // 16 (in-place reduction, else the float32 workspace one) where the algorithm takes split-K.
 // Each passes cublasLtMatmulAlgoCheck with at most `ws_limit` bytes of workspace. Writes
 // `algos` (64 bytes each) and `info` (8 int64 each: workspace bytes, algo id, tile id, split-K,

@@ -2,12 +2,11 @@
 
 At 17-64-row decode steps a decoder's GEMMs are latency-bound, and the algorithm cuBLASLt's
 heuristic picks first is not always the fastest one it has for the shape (H200, 0.5B shape,
-cuBLASLt 13.1: 0.5-0.7 us off gate_up and down; bench/gpu/RESULTS.md round 9 — where the
-engine with Paddle's cuBLAS 12.1 path was still faster at 64 rows, so this is opt-in,
-RLFLEET_LT_GEMM_ROWS). `LtGemms` lists cuBLASLt's
-candidates for a shape once (the heuristic's answers, and each with split-K), times each with
-cold weights on the GPU, keeps the fastest (the heuristic's first unless another is faster by
-more than `MARGIN`) and runs it from then on.
+cuBLASLt 13.1: 0.5-0.7 us off gate_up and down). `LtGemms` lists cuBLASLt's candidates for a
+shape once (the heuristic's answers, and each with split-K), times each with cold weights on
+the GPU, keeps the fastest (the heuristic's first unless another is faster by more than
+`MARGIN`) and runs it from then on. Opt-in (RLFLEET_LT_GEMM_ROWS): in the engine, Paddle's
+cuBLAS 12.1 path was still faster at 64 rows (bench/gpu/RESULTS.md round 9).
 
 The choice is made per CUDA graph bucket: a step of m rows runs the algorithm chosen for the
 bucket it would be padded to (measured at the bucket's row count), so an eager step and the
