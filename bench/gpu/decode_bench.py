@@ -260,6 +260,7 @@ def main() -> None:
                  "ops": runner.ops.name, "attn": getattr(runner.ops, "attn_version", None),
                  "attn_keys_per_split": getattr(runner.ops, "keys_per_split", None),
                  "fused_gemm_rows": getattr(runner.ops, "fused_gemm_rows", None),
+                 "head_select_rows": getattr(runner.ops, "head_select_rows", None),
                  "dtype": runner.dtype, "ctx": args.ctx, "load_s": round(time.time() - t0, 1),
                  "weight_bytes": weight_bytes(runner), "hbm_datasheet_bytes_per_s": args.hbm_tbs * 1e12,
                  "copy_bytes_per_s_measured": round(copy_bps), "rows": []}  # fmt: skip

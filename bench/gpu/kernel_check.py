@@ -230,6 +230,15 @@ def check_shape(ck: Checker, hidden: int, heads: int, kv: int, d: int, inter: in
     ck.record("greedy_argmax", case, dtype, np.asarray(got), np.argmax(lg, axis=-1))
     got = gpu.greedy(ck.gpu_t(lg, "float32"))
     ck.record("greedy_argmax", case, "float32", np.asarray(got), np.argmax(lg, axis=-1))
+    if not DRY:  # the head as decode steps run it (bf16: one rl_head_select launch; the step's
+        # rows are greedy): each drawn token's logit is the float64 top, the logits as asked
+        ref = r_c.numpy().astype(np.float64) @ lm_c.numpy().astype(np.float64).T
+        keep, gpu.head_select_rows = gpu.head_select_rows, 64  # whatever the engine's default
+        lg_h, ids_h = gpu.logits_and_ids(r_g, lm_g, st_g, need_logits=True)
+        gpu.head_select_rows = keep
+        ids = ids_h.numpy()
+        ck.record("head_select.ids", case, dtype, ref[np.arange(S), ids], ref.max(-1))
+        ck.record("head_select.logits", case, dtype, gpu.logits_to_numpy(lg_h), ref)
     _ = (kc0, vc0, qkv)
 
 

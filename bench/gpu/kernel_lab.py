@@ -1,6 +1,6 @@
 """The CUDA kernels alone on the lent GPU, without Paddle: correctness and GPU time.
 
-    OUT=/tmp/out python bench/gpu/kernel_lab.py [--only attn,select,gemm,layer,cold,splitk,stream,parts,deepctx,gusilu,attnwave]
+    OUT=/tmp/out python bench/gpu/kernel_lab.py [--only attn,select,gemm,layer,cold,splitk,stream,parts,deepctx,gusilu,attnwave,head]
 
 One device call, no payload: the device image has nvcc and PyTorch but no Paddle, so this
 builds `engine_pod/model/ops/kernels.cu` with nvcc (ops/build.py's flags) and drives the
@@ -22,7 +22,9 @@ shape's layer for scale. `layer`: 24 decoder layers as the engine's unfused path
 in one CUDA graph, with plain and programmatic dependent launches (outputs equal bit for
 bit), and the GEMMs / our kernels alone; `cold`: each layer GEMM with cold weights (cuBLAS
 and ops/gemm.cuh); `splitk`: the same at M = 64 as cuBLAS batched GEMMs over K-slices (no
-kernel library needed). Writes $OUT/lab.json.
+kernel library needed); `head`: the LM head + token selection in one kernel (head_select.cuh)
+against float64 and against cuBLAS + rl_sample on the same logits, and its GPU time beside
+theirs. Writes $OUT/lab.json.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ SIGS = {
     "rl_select_part_bytes": [],
     "rl_gate_up_silu": [_P, _P, _P, _I, _I, _I, _P],
     "rl_gate_up_silu_units": [_I, _I, _I],
+    "rl_head_select": [_P] * 6 + [_I] * 4 + [_P, _P, _P],
+    "rl_head_select_part_bytes": [_I, _I, _I],
     "rl_lt_available": [],
     "rl_lt_candidates": [_I, _I, _I, _I, ctypes.c_longlong, _P, _P, _P],
     "rl_lt_gemm": [_P, _P, _P, _I, _I, _I, _P, _P, ctypes.c_longlong, _P],
@@ -1272,6 +1276,134 @@ def lt_algo_lab(lib) -> None:
     RESULTS["timing"]["lt_chain_us"] = ctx533_rows(lib, fill)
 
 
+# ---------------------------------------------------------------- LM head + selection, one kernel
+def head_select(lib, x, w, params=None, need_logits=False, info=None):
+    """rl_head_select on x [M, K], W [V, K] (bf16): (ids, logits, counter, launch)."""
+    M, K = x.shape
+    V = w.shape[0]
+    nbytes = lib.rl_head_select_part_bytes(M, V, K)
+    if not nbytes:
+        raise RuntimeError(f"rl_head_select does not take M={M} V={V} K={K}")
+    out = torch.empty(M, dtype=torch.int64, device="cuda")
+    logits = torch.full((M, V), math.nan, dtype=torch.bfloat16, device="cuda")
+    part = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    cnt = torch.zeros(1, dtype=torch.int32, device="cuda")
+
+    def launch() -> None:
+        rc = lib.rl_head_select(ptr(out), ptr(info), ptr(logits), ptr(x), ptr(w), ptr(params),
+                                M, V, K, int(need_logits), ptr(part), ptr(cnt), stream())  # fmt: skip
+        if rc:
+            raise RuntimeError(f"rl_head_select: CUDA error {rc}")
+
+    return out, logits, cnt, launch
+
+
+def mixed_params(M: int, seed: int = 7) -> torch.Tensor:
+    """Every kind of row: greedy, top_k 1, temperature 0.7 / 1.0, top-k 50, top-p 0.9."""
+    p = params_rows(M, counters=np.arange(M) * 3 + seed)
+    kinds = [(0.0, 1.0, 0), (1.0, 1.0, 1), (0.7, 1.0, 0), (1.0, 1.0, 0), (1.0, 1.0, 50),
+             (0.8, 0.9, 0)]  # fmt: skip
+    for r in range(M):
+        t, tp, tk = kinds[r % len(kinds)]
+        p[r, 0] = int(np.float64(t).view(np.int64))
+        p[r, 1] = int(np.float64(tp).view(np.int64))
+        p[r, 2] = tk
+    return p
+
+
+def head_checks(lib) -> None:
+    g = torch.Generator().manual_seed(3)
+    for M, V, K in [(64, 151936, 896), (1, 151936, 896), (48, 151936, 896), (33, 4099, 896),
+                    (5, 1000, 64), (17, 50000, 128)]:  # fmt: skip
+        x = torch.randn((M, K), generator=g).to(torch.bfloat16).cuda()
+        w = (torch.randn((V, K), generator=g) * 0.05).to(torch.bfloat16).cuda()
+        w[7] = w[V - 3] = (x[0].float() * 0.2).to(torch.bfloat16)  # row 0: a tie at the top
+        ref = x.double() @ w.double().t()
+        out, logits, cnt, launch = head_select(lib, x, w, need_logits=True)
+        launch()
+        torch.cuda.synchronize()
+        top = ref.max(-1).values
+        got = ref.gather(1, out.view(-1, 1)).view(-1)
+        tol = 2.0**-7 * ref.abs().max(-1).values  # two bf16 roundings of the largest logit
+        near = bool((got >= top - tol).all())
+        err = (logits.double() - ref).abs() - 2.0**-8 * ref.abs()
+        torch_ids = torch.matmul(x, w.t()).argmax(-1)
+        same = int((torch_ids == out).sum())
+        ok = near and int(out[0]) == 7 and float(err.max()) <= 1e-3 and int(cnt[0]) == 0
+        check("head_greedy", ok, f"M={M} V={V} K={K}: ids within {tol.max():.3g} of the float64 "
+              f"top, tie -> {int(out[0])}, logits err {float(err.max()):.2g} over a half ulp; "
+              f"= cuBLAS + argmax in {same} / {M} rows")  # fmt: skip
+        # with parameters: the same ids as rl_sample draws from these very logits
+        params = mixed_params(M)
+        info = torch.zeros((M, 4), dtype=torch.int64, device="cuda")
+        out2, logits2, cnt2, launch2 = head_select(lib, x, w, params, info=info)
+        launch2()
+        ref_ids, _, sel = select(lib, logits, params, info=torch.zeros_like(info))[0:3]
+        sel()
+        torch.cuda.synchronize()
+        cut = bool(((params[:, 2] > 1) | (params[:, 1] != params[0, 1])).any()) if M > 4 else False
+        written = bool(torch.equal(logits2.float().nan_to_num(7.0), logits.float()))
+        ok = torch.equal(out2, ref_ids) and int(cnt2[0]) == 0 and (written or not cut)
+        check("head_params", ok, f"M={M} V={V}: = rl_sample on the same logits; logits written "
+              f"{written} (a row with a cut: {cut})")  # fmt: skip
+    # no cut, no request: the logits are not written; graph replays repeat the ids
+    x = torch.randn((64, 896), generator=g).to(torch.bfloat16).cuda()
+    w = (torch.randn((151936, 896), generator=g) * 0.05).to(torch.bfloat16).cuda()
+    params = params_rows(64, temp=1.0)
+    out, logits, cnt, launch = head_select(lib, x, w, params)
+    launch()
+    torch.cuda.synchronize()
+    first = out.clone()
+    check("head_no_write", bool(torch.isnan(logits.float()).all()), "temperature rows only")
+    gr = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), torch.cuda.graph(gr, stream=s):
+        launch()
+    torch.cuda.synchronize()
+    same = 0
+    for _ in range(5):
+        out.zero_()
+        gr.replay()
+        torch.cuda.synchronize()
+        same += int(torch.equal(out, first))
+    check("head_graph", same == 5 and int(cnt[0]) == 0, f"{same} / 5 replays = the eager ids")
+    one, _, _, l1 = head_select(
+        lib, x[10:11].contiguous(), w, params_rows(1, temp=1.0, counters=[10])
+    )
+    l1()
+    torch.cuda.synchronize()
+    check("head_batch_invariant", int(one[0]) == int(first[10]), "row 10 alone = in the batch")
+
+
+def head_timing(lib) -> None:
+    """GPU µs a launch (CUDA graph of 20; the 272 MB LM head is cold each time): the fused
+    kernel against cuBLAS + the engine's selection on the same logits."""
+    V, K = 151936, 896
+    w = (torch.randn((V, K), device="cuda") * 0.05).to(torch.bfloat16)
+    rows = []
+    for M in (1, 8, 32, 48, 64):
+        x = torch.randn((M, K), device="cuda").to(torch.bfloat16)
+        lg = torch.empty((M, V), device="cuda", dtype=torch.bfloat16)
+        r: dict = {"rows": M}
+        greedy, temp = params_rows(M), params_rows(M, temp=1.0)
+        r["fused_argmax"] = graph_us(head_select(lib, x, w)[3])
+        r["fused_greedy_params"] = graph_us(head_select(lib, x, w, greedy)[3])
+        r["fused_temperature"] = graph_us(head_select(lib, x, w, temp)[3])
+        r["fused_with_logits"] = graph_us(head_select(lib, x, w, greedy, need_logits=True)[3])
+        r["fused_mixed"] = graph_us(head_select(lib, x, w, mixed_params(M))[3])
+        r["cublas"] = graph_us(lambda x=x, lg=lg: torch.matmul(x, w.t(), out=lg))
+        for name, p in [("argmax", None), ("greedy_params", greedy), ("temperature", temp),
+                        ("mixed", mixed_params(M))]:  # fmt: skip
+            sel = select(lib, lg, p)[2]
+            r[f"cublas_{name}"] = graph_us(
+                lambda x=x, lg=lg, sel=sel: (torch.matmul(x, w.t(), out=lg), sel())
+            )
+        rows.append({k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()})
+        print(rows[-1], flush=True)
+    RESULTS["timing"]["head_us"] = rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="attn,select,gemm")
@@ -1294,7 +1426,8 @@ def main() -> None:
         gemm_timing()
     labs = [("stream", stream_gemm_lab), ("parts", stream_parts_lab), ("layer", layer_lab),
             ("deepctx", deep_ctx_lab), ("attnwave", attn_wave_lab), ("gusilu", gate_up_silu_lab),
-            ("cold", cold_gemm_timing), ("ltalgo", lt_algo_lab)]  # fmt: skip
+            ("cold", cold_gemm_timing), ("ltalgo", lt_algo_lab), ("head", head_checks),
+            ("head", head_timing)]  # fmt: skip
     for name, fn in labs:
         if name in parts:
             fn(lib)

@@ -193,8 +193,13 @@ class _Graph:
 class DecodeGraphs:
     """Captured decode steps of one runner, keyed by (batch bucket, table stride)."""
 
-    def __init__(self, ops: CudaOps, decoder: PagedDecoder, max_batch: int = 128) -> None:
+    def __init__(
+        self, ops: CudaOps, decoder: PagedDecoder, max_batch: int = 128, need_logits: bool = True
+    ) -> None:
+        """`need_logits`: the runner may read a replay's logits (host sampling); without it
+        the graphs may draw tokens without writing them (`CudaOps.logits_and_ids`)."""
         self.ops, self.decoder = ops, decoder
+        self.need_logits = need_logits
         self.buckets = batch_buckets(max_batch)
         self.graphs: dict[tuple[int, int], _Graph] = {}
         self.failed: set[tuple[int, int]] = set()
@@ -276,8 +281,9 @@ class DecodeGraphs:
 
         def step() -> tuple[paddle.Tensor, paddle.Tensor]:
             st = ops.step_on(cfg, plan, dec.rope, bs, meta, offs, stride)
-            logits = dec.forward_logits(weights, cache, plan, st)
-            return logits, ops.sample_ids(logits, st)
+            out = dec.forward_ids(weights, cache, plan, st, self.need_logits)
+            assert out is not None  # every row of a decode step is sampled
+            return out
 
         ops.refresh_stream()
         step()  # warm-up: cuBLAS handles and workspaces exist before the capture

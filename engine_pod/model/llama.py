@@ -165,6 +165,28 @@ class PagedDecoder:
         """Run the step; write K/V into `cache`; logits [S, vocab] on the device (`ops.logits`)
         (None when no row is sampled). `st`: the step's uploaded indices, when the caller
         made them (static buffers for CUDA graphs); else `ops.begin_step` makes them."""
+        rows = self.forward_rows(w, cache, plan, st)
+        return None if rows is None else self.ops.logits(rows, w.lm_head)
+
+    @paddle.no_grad()
+    def forward_ids(
+        self, w: DecoderWeights, cache: PagedKVCache, plan: StepPlan, st: Any,
+        need_logits: bool = True,
+    ) -> tuple[paddle.Tensor, paddle.Tensor] | None:  # fmt: skip
+        """Run the step; write K/V into `cache`; (logits, token ids drawn on the device) of
+        the sampled rows (`ops.logits_and_ids`; the logits may be left unwritten without
+        `need_logits`), None when no row is sampled."""
+        rows = self.forward_rows(w, cache, plan, st)
+        if rows is None:
+            return None
+        return self.ops.logits_and_ids(rows, w.lm_head, st, need_logits)
+
+    @paddle.no_grad()
+    def forward_rows(
+        self, w: DecoderWeights, cache: PagedKVCache, plan: StepPlan, st: Any = None
+    ) -> paddle.Tensor | None:
+        """Run the step; write K/V into `cache`; the sampled rows' final hidden states [S, h]
+        (after the last RMSNorm), None when no row is sampled."""
         cfg, ops = self.cfg, self.ops
         eps = cfg.rms_norm_eps
         if st is None:
@@ -185,13 +207,12 @@ class PagedDecoder:
             delta = ops.linear_deferred(ops.linear_silu(h, lw.gate_up), lw.down)
         if plan.sample_rows.size == 0:
             return None
-        rows = ops.final_norm(x, delta, w.norm, st, eps)
-        return ops.logits(rows, w.lm_head)
+        return ops.final_norm(x, delta, w.norm, st, eps)
 
     def _forward_fused(
         self, w: DecoderWeights, cache: PagedKVCache, plan: StepPlan, st: Any
     ) -> paddle.Tensor | None:
-        """`forward_logits` on fused GEMMs: each norm rides in the GEMM after it, SiLU*mul in
+        """`forward_rows` on fused GEMMs: each norm rides in the GEMM after it, SiLU*mul in
         gate_up's, each residual add in o's and down's (the residual stream x is updated in
         place), so a layer is 6 launches instead of 9 — the same roundings in the same order."""
         ops, eps = self.ops, self.cfg.rms_norm_eps
@@ -204,7 +225,7 @@ class PagedDecoder:
             ops.linear_residual(x, ops.norm_linear_silu(x, lw.post_norm, lw.gate_up, eps), lw.down)
         if plan.sample_rows.size == 0:
             return None
-        return ops.logits(ops.final_norm(x, None, w.norm, st, eps), w.lm_head)
+        return ops.final_norm(x, None, w.norm, st, eps)
 
     def forward(self, w: DecoderWeights, cache: PagedKVCache, plan: StepPlan) -> np.ndarray:
         """Run the step; write K/V into `cache`; return float32 logits [len(sample_rows), vocab]."""

@@ -76,7 +76,8 @@ class PaddleModelRunner:
             if self.ops.name == "cuda":
                 from engine_pod.model.cuda_graphs import DecodeGraphs
 
-                self.graphs = DecodeGraphs(self.ops, self.decoder, max_graph_batch)
+                self.graphs = DecodeGraphs(self.ops, self.decoder, max_graph_batch,
+                                           need_logits=not self.device_sampling)  # fmt: skip
             elif cuda_graphs:
                 log.warning("CUDA graphs need the CUDA kernels (ops %s): off", self.ops.name)
 
@@ -132,11 +133,15 @@ class PaddleModelRunner:
             context_slots=self.ops.needs_context_slots,
         )
         st = self.ops.begin_step(self.config, plan, self.decoder.rope, self.cache.block_size)
+        if self.device_sampling:
+            out = self.decoder.forward_ids(self.weights, self.cache, plan, st, need_logits=False)
+            if out is None:
+                return {}
+            return self._tokens(plan.sample_items, *out)
         logits = self.decoder.forward_logits(self.weights, self.cache, plan, st)
         if logits is None:
             return {}
-        ids = self.ops.sample_ids(logits, st) if self.device_sampling else None
-        return self._tokens(plan.sample_items, logits, ids)
+        return self._tokens(plan.sample_items, logits, None)
 
     def _tokens(
         self, items: list[SeqWork], logits: paddle.Tensor, ids: paddle.Tensor | None

@@ -155,6 +155,7 @@ def test_shape_rules_change_only_at_graph_buckets() -> None:
         ATTN_DEEP_ROWS,
         FUSED_GEMM_ROWS,
         GATE_UP_SILU_ROWS,
+        HEAD_SELECT_ROWS,
         LT_GEMM_ROWS,
         STREAM_GEMM_ROWS,
         deep_split,
@@ -167,7 +168,8 @@ def test_shape_rules_change_only_at_graph_buckets() -> None:
         for version in ("v2", "v3", "v4", "v5"):
             assert keys_per_split(version, n) == keys_per_split(version, b), (version, n, b)
         assert deep_split(n) == deep_split(b), (n, b)
-        # the fused GEMMs', the streaming GEMMs' and deep attention splits' row limits
+        # the fused GEMMs', the streaming GEMMs', deep attention splits' and the fused LM
+        # head's row limits
         # (defaults and the tuned 64), and the streaming kernel's 32- / 64-row blocks
         limits = {
             FUSED_GEMM_ROWS,
@@ -175,6 +177,7 @@ def test_shape_rules_change_only_at_graph_buckets() -> None:
             GATE_UP_SILU_ROWS,
             ATTN_DEEP_ROWS,
             LT_GEMM_ROWS,
+            HEAD_SELECT_ROWS,
         }
         for limit in limits | {32, 64}:
             assert (n <= limit) == (b <= limit), (limit, n, b)

@@ -152,6 +152,34 @@ def test_deferred_products_reach_only_the_norms(tiny_dir: str) -> None:
     assert DeferringOps.calls >= 2 * r.config.num_layers
 
 
+def test_device_sampling_draws_through_logits_and_ids(tiny_dir: str) -> None:
+    """With tokens drawn on the device, the runner gets each step's ids from one
+    `logits_and_ids` call (a GPU kernel library draws them inside the LM head's GEMM), says
+    it will not read the logits, and does not: ops whose logits are all NaN and whose ids
+    are the float64 argmax still decode the reference tokens."""
+    import numpy as np
+    import paddle
+
+    from engine_pod.model.ops import NativeOps
+
+    class DrawingOps(NativeOps):
+        device_sampling = True
+        needs: list[bool] = []
+
+        def logits_and_ids(self, rows, lm_head, st, need_logits=True):
+            DrawingOps.needs.append(need_logits)
+            lg = rows.numpy().astype(np.float64) @ lm_head.numpy().astype(np.float64).T
+            nan = paddle.to_tensor(np.full(lg.shape, np.nan, dtype=np.float32))
+            return nan, paddle.to_tensor(np.argmax(lg, axis=-1).astype(np.int64))
+
+    r = PaddleModelRunner(tiny_dir)
+    r.ops = r.decoder.ops = DrawingOps()
+    r.device_sampling = True
+    prompt = r.tokenizer.encode("Hello world, this is")
+    assert run_paged(r, [prompt]) == [reference_greedy(tiny_dir, prompt, N_NEW)]
+    assert len(DrawingOps.needs) >= N_NEW and not any(DrawingOps.needs)
+
+
 def test_mlp_goes_through_linear_silu(tiny_dir: str) -> None:
     """The decoder runs each layer's gate_up projection and SiLU * mul through one
     `linear_silu` call (a GPU kernel library does both in one kernel): ops that count the

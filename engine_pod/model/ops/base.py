@@ -125,6 +125,15 @@ class DecoderOps(ABC):
         """int64 [S] token ids drawn on the device with each row's sampling parameters."""
         raise NotImplementedError(f"{self.name} ops do not sample on the device")
 
+    def logits_and_ids(
+        self, rows: paddle.Tensor, lm_head: paddle.Tensor, st: Any, need_logits: bool = True
+    ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """The step's logits [S, vocab] (`logits`) and its token ids drawn on the device
+        (`sample_ids`) from the final hidden rows [S, h]. With `need_logits` False a kernel
+        library may draw straight from the hidden rows and leave the logits unwritten."""
+        logits = self.logits(rows, lm_head)
+        return logits, self.sample_ids(logits, st)
+
     # ---- fused layer ops (optional): GEMMs with the norm / SiLU / residual around them in
     # one kernel. `fused_layers` says whether a step uses them; the decoder then calls the
     # three below instead of add_rms_norm / linear / silu_mul (same math and roundings).

@@ -54,6 +54,8 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rl_event_record": [_P, _P],
     "rl_event_sync": [_P],
     "rl_sample": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _I, _P],
+    "rl_head_select": [_P] * 6 + [_I] * 4 + [_P, _P, _P],
+    "rl_head_select_part_bytes": [_I, _I, _I],
     "rl_paged_attention_v3": [_P] * 7 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v4": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _P],
     "rl_paged_attention_v5": [_P] * 8 + [_I, _P, _P] + [_I] * 5 + [_F, _I, _I, _I, _I, _I, _P],
@@ -141,6 +143,15 @@ STREAM_ROPE = os.environ.get("RLFLEET_STREAM_ROPE", "1") != "0"
 # cuBLAS 12.1 path is faster there than any Lt candidate measured); -34 us GPU at 48 rows
 # (13.1). RLFLEET_LT_LOGITS=0 keeps the LM head on cuBLAS.
 LT_GEMM_ROWS = int(os.environ.get("RLFLEET_LT_GEMM_ROWS", "0"))
+# bf16 steps of at most this many sampled rows draw their tokens from the LM head in one
+# kernel of ours (head_select.cuh: each logit, rounded to bf16 as the GEMM would write it,
+# goes straight into its row's argmax / Gumbel-max draw; the [S, vocab] logits are written
+# only for rows with a top-k / top-p cut, which sample_k then draws, or when the caller needs
+# them); larger steps: cuBLAS logits + rl_sample. 0 (the default): never. H200 lab, Qwen2's
+# 272 MB head (RESULTS.md round 10): 96 / 107 / 130 us at 1 / 32 / 64 rows against 83 / 85 /
+# 90 for cuBLAS + rl_sample — its register-staged weight reads top out at ~3.4 TB/s where
+# cuBLAS's TMA copies reach 4.2.
+HEAD_SELECT_ROWS = int(os.environ.get("RLFLEET_HEAD_SELECT_ROWS", "0"))
 LT_LOGITS = os.environ.get("RLFLEET_LT_LOGITS", "1") != "0"
 _GREEDY = SamplingParams(temperature=0.0)
 
@@ -300,7 +311,10 @@ class CudaOps(DecoderOps):
             raise ValueError(f"RLFLEET_STREAM_MERGE must be next or cluster, got {STREAM_MERGE!r}")
         self.stream_merge = STREAM_MERGE
         self._stream_splits: dict[tuple[int, int, int], int] = {}
-        self.counters = self.zeros([ATTN_COUNTERS + SELECT_COUNTERS], "int32")
+        self.head_select_rows = bucket_floor(HEAD_SELECT_ROWS)
+        self._head_part: dict[tuple[int, int, int], int] = {}
+        # attention's, selection's, then rl_head_select's one
+        self.counters = self.zeros([ATTN_COUNTERS + SELECT_COUNTERS + 1], "int32")
         self.lt = LtGemms(self.lib, self.fused_gemm_rows, bucket_floor(LT_GEMM_ROWS), BATCH_BUCKETS)
         self.synchronize()
 
@@ -809,6 +823,29 @@ class CudaOps(DecoderOps):
                    part.data_ptr() if part is not None else None, counters, nchunk,
                    self.stream)  # fmt: skip
         return out
+
+    def logits_and_ids(
+        self, rows: paddle.Tensor, lm_head: paddle.Tensor, st: CudaStep, need_logits: bool = True
+    ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """bf16 steps of at most `head_select_rows` sampled rows: one rl_head_select launch
+        (the LM head's GEMM with each row's selection inside; the logits written only when
+        `need_logits` or a row has a top-k / top-p cut); others: logits + `sample_ids`."""
+        m, k, v = int(rows.shape[0]), int(rows.shape[1]), int(lm_head.shape[0])
+        nbytes = 0
+        if dtype_name(rows) == "bfloat16" and 0 < m <= self.head_select_rows:
+            if (m, v, k) not in self._head_part:
+                self._head_part[(m, v, k)] = int(self.lib.rl_head_select_part_bytes(m, v, k))
+            nbytes = self._head_part[(m, v, k)]
+        if not nbytes:
+            return super().logits_and_ids(rows, lm_head, st, need_logits)
+        logits = self._empty([m, v], "bfloat16")
+        out = self._empty([m], "int64")
+        part = self._empty([nbytes], "uint8")
+        counter = self.counters.data_ptr() + 4 * (ATTN_COUNTERS + SELECT_COUNTERS)
+        self._call("rl_head_select", out.data_ptr(), None, logits.data_ptr(), rows.data_ptr(),
+                   lm_head.data_ptr(), st.samp, m, v, k, int(need_logits), part.data_ptr(),
+                   counter, self.stream)  # fmt: skip
+        return logits, out
 
     def sample_ids(self, logits: paddle.Tensor, st: CudaStep) -> paddle.Tensor:
         """The step's sampled token ids, int64 [S] on the device (greedy rows: argmax)."""

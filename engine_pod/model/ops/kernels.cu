@@ -1667,6 +1667,7 @@ static int num_sms() {  // of the current device, cached
 
 #include "gemm_silu.cuh"  // gate_up + SiLU * mul in one kernel for 17..64-row decode steps
 #include "lt_gemm.cuh"    // cuBLASLt matmuls with a measured algorithm choice
+#include "head_select.cuh"  // the LM head's GEMM + token selection in one kernel
 
 // split-K attention's partials merged by a second launch (attn_combine_k), when the splits
 // did not merge in their own launch
@@ -1754,6 +1755,35 @@ int rl_gate_up_silu(void* out, const void* x, const void* w, int M, int I, int K
 // the most output units (8 columns) a block of rl_gate_up_silu takes (0: shape not taken)
 int rl_gate_up_silu_units(int M, int I, int K) {
   return gusilu::units_per_block(M, I, K, num_sms());
+}
+
+// bytes of `part` that rl_head_select needs for M rows, V tokens, hidden size K; 0 when it
+// does not take the shape
+int rl_head_select_part_bytes(int M, int V, int K) {
+  return head::takes(M, V, K) ? num_sms() * head::MAX_ROWS * (int)sizeof(SelBest) : 0;
+}
+
+// The LM head and token selection in one launch (head_select.cuh; bf16): out int64 [M] gets
+// what rl_sample would draw from the logits x[M, K] . W[V, K]^T rounded to bf16. params int64
+// [M, 5] as rl_sample's, or NULL (every row greedy); info int64 [M, 4] or NULL. logits bf16
+// [M, V] is written when need_logits is set or a row has a top-k / top-p cut (sample_k then
+// draws those rows from it). part: rl_head_select_part_bytes; counter: one uint32, zeroed
+// once (each launch leaves it zero). 801: a shape it does not take (use logits + rl_sample).
+int rl_head_select(void* out, void* info, void* logits, const void* x, const void* w,
+                   const void* params, int M, int V, int K, int need_logits, void* part,
+                   void* counter, void* stream) {
+  if (M == 0) return 0;
+  if (!head::takes(M, V, K) || !out || !logits || !part || !counter || ((uintptr_t)x & 15) ||
+      ((uintptr_t)w & 15))
+    return (int)cudaErrorNotSupported;
+  cudaStream_t st = (cudaStream_t)stream;
+  int rc = head::run((int64_t*)out, (int64_t*)info, (SelBest*)part, (unsigned*)counter,
+                     (bf16*)logits, (const bf16*)x, (const bf16*)w, (const int64_t*)params, M, V,
+                     K, need_logits, num_sms(), st);
+  if (rc || !params) return rc;
+  launch_k(sample_k<bf16>, dim3(M), dim3(SAMPLE_THREADS), 0, st, (int64_t*)out, (int64_t*)info,
+           (const bf16*)logits, (const int64_t*)params, V, 1);
+  return (int)cudaGetLastError();
 }
 
 // the split count rl_stream_gemm would use for these sizes (0: not taken)
