@@ -143,16 +143,16 @@ STREAM_ROPE = os.environ.get("RLFLEET_STREAM_ROPE", "1") != "0"
 # cuBLAS 12.1 path is faster there than any Lt candidate measured); -34 us GPU at 48 rows
 # (13.1). RLFLEET_LT_LOGITS=0 keeps the LM head on cuBLAS.
 LT_GEMM_ROWS = int(os.environ.get("RLFLEET_LT_GEMM_ROWS", "0"))
+LT_LOGITS = os.environ.get("RLFLEET_LT_LOGITS", "1") != "0"
 # bf16 steps of at most this many sampled rows draw their tokens from the LM head in one
 # kernel of ours (head_select.cuh: each logit, rounded to bf16 as the GEMM would write it,
 # goes straight into its row's argmax / Gumbel-max draw; the [S, vocab] logits are written
 # only for rows with a top-k / top-p cut, which sample_k then draws, or when the caller needs
 # them); larger steps: cuBLAS logits + rl_sample. 0 (the default): never. H200 lab, Qwen2's
-# 272 MB head (RESULTS.md round 10): 96 / 107 / 130 us at 1 / 32 / 64 rows against 83 / 85 /
+# 272 MB head (RESULTS.md round 10): 98 / 107 / 130 us at 1 / 32 / 64 rows against 83 / 85 /
 # 90 for cuBLAS + rl_sample — its register-staged weight reads top out at ~3.4 TB/s where
 # cuBLAS's TMA copies reach 4.2.
 HEAD_SELECT_ROWS = int(os.environ.get("RLFLEET_HEAD_SELECT_ROWS", "0"))
-LT_LOGITS = os.environ.get("RLFLEET_LT_LOGITS", "1") != "0"
 _GREEDY = SamplingParams(temperature=0.0)
 
 
