@@ -111,6 +111,8 @@ MIN_STRIDE = 8  # smallest block-table row of a step (blocks)
 # a (token, kv head), then token selection's chunks of a row
 ATTN_COUNTERS = 1 << 15
 SELECT_COUNTERS = 1 << 15
+# token selection splits each row over enough blocks to fill the GPU this many times
+SELECT_FILL = int(os.environ.get("RLFLEET_SELECT_FILL", "4"))
 # decode steps of at most this many rows run their layers on the fused skinny GEMMs
 # (gemm.cuh: norm / SiLU / residual inside tensor-core GEMMs; bf16 only); larger steps on
 # cuBLAS + separate kernels, which are faster there (bench/gpu/RESULTS.md). 0: never.
@@ -786,8 +788,9 @@ class CudaOps(DecoderOps):
 
     def _select_space(self, rows: int, vocab: int) -> tuple[paddle.Tensor | None, int | None, int]:
         """(partials, counters, chunks a row) for the selection kernels: each row is split
-        over enough blocks to fill the GPU ~4 times (one block when rows alone do)."""
-        nchunk = max(1, min(64, -(-4 * self.num_sms // max(rows, 1)), vocab // 2048))
+        over enough blocks to fill the GPU SELECT_FILL times (one block when rows alone do)."""
+        fill = SELECT_FILL * self.num_sms
+        nchunk = max(1, min(64, -(-fill // max(rows, 1)), vocab // 2048))
         if nchunk == 1 or rows > SELECT_COUNTERS:
             return None, None, 1
         part = self._empty([rows * nchunk * self._select_part_bytes], "uint8")
