@@ -1,6 +1,7 @@
 // The LM head's GEMM and the token selection in one kernel, for bf16 steps of <= 64 sampled
 // rows (included by kernels.cu after gemm.cuh — skinny::ld_stream, skinny::mma16816 — the
-// selection kernels — SelBest, sel_take, sel_merge, select_mode — launch_k and num_sms).
+// selection kernels — SelBest, sel_take, sel_merge, sel_load_cg, sel_write, select_mode —
+// launch_k and num_sms).
 //
 // Unfused, a step's head is three launches: cuBLAS's x . W^T writes [M, V] bf16 logits (V =
 // 151936 for Qwen2: 19 MB at 64 rows), select_k reads them back, sample_k draws the rows with
@@ -22,9 +23,9 @@
 // Logits are written only when the caller needs them or a row has a cut (the launcher then
 // runs sample_k for those rows, which reads them). Inside each 16-wide k step the k order is
 // permuted alike for A and B (a lane's 16 consecutive k of a chunk feed its four steps), so
-// every fragment is half of one load. A row's logits depend only on its own x row and W (fixed k order): a
-// batch and its padded graph give the same tokens. Launcher: rl_head_select (kernels.cu);
-// rl_head_select_part_bytes says which shapes it takes.
+// every fragment is half of one load. A row's logits depend only on its own x row and W
+// (fixed k order): a batch and its padded graph give the same tokens. Launcher:
+// rl_head_select (kernels.cu); rl_head_select_part_bytes says which shapes it takes.
 
 namespace head {
 
@@ -208,20 +209,9 @@ __global__ void __launch_bounds__(THREADS, 1)
   __threadfence();
   if (tid < M && mode != SEL_FULL) {
     SelBest b{-INFINITY, -INFINITY, 0x7fffffff, 0x7fffffff, 0};
-    for (int j = 0; j < (int)gridDim.x; ++j) {
-      const SelBest* pj = part + (size_t)j * MAX_ROWS + tid;
-      SelBest o;
-      o.g = __ldcg(&pj->g), o.a = __ldcg(&pj->a), o.ai = __ldcg(&pj->ai);
-      o.gi = __ldcg(&pj->gi), o.nfin = __ldcg(&pj->nfin);
-      sel_merge(b, o);
-    }
-    const bool drawn = mode == SEL_TEMP && b.nfin > 0;
-    out[tid] = drawn ? b.gi : (b.ai == 0x7fffffff ? 0 : b.ai);
-    if (info) {  // as select_k: the kept set is every finite logit, or the argmax
-      info[tid * 4] = drawn ? 0 : -1;
-      info[tid * 4 + 1] = info[tid * 4 + 2] = 0;
-      info[tid * 4 + 3] = drawn ? b.nfin : 1;
-    }
+    for (int j = 0; j < (int)gridDim.x; ++j)
+      sel_merge(b, sel_load_cg(part + (size_t)j * MAX_ROWS + tid));
+    sel_write(out, info, tid, b, mode == SEL_TEMP);
   }
   if (tid == 0) *counter = 0u;  // ready for the next launch
 }

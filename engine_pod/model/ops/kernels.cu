@@ -1545,6 +1545,24 @@ __device__ __forceinline__ void sel_merge(SelBest& b, const SelBest& o) {
   if (o.g > b.g || (o.g == b.g && o.gi < b.gi)) b.g = o.g, b.gi = o.gi;
   b.nfin += o.nfin;
 }
+__device__ __forceinline__ SelBest sel_load_cg(const SelBest* p) {  // another block's, via L2
+  SelBest o;
+  o.g = __ldcg(&p->g), o.a = __ldcg(&p->a), o.ai = __ldcg(&p->ai);
+  o.gi = __ldcg(&p->gi), o.nfin = __ldcg(&p->nfin);
+  return o;
+}
+// a row's token from its merged best: the Gumbel-max draw (temperature rows with a finite
+// logit), else the argmax (0 when no logit beat -inf); info as sample_k reports it
+__device__ __forceinline__ void sel_write(int64_t* out, int64_t* info, int r, const SelBest& b,
+                                          bool temp) {
+  const bool drawn = temp && b.nfin > 0;
+  out[r] = drawn ? b.gi : (b.ai == 0x7fffffff ? 0 : b.ai);
+  if (info) {  // the kept set is every finite logit, or the argmax
+    info[r * 4] = drawn ? 0 : -1;
+    info[r * 4 + 1] = info[r * 4 + 2] = 0;
+    info[r * 4 + 3] = drawn ? b.nfin : 1;
+  }
+}
 __device__ __forceinline__ SelBest sel_shfl(const SelBest& b, int o) {
   SelBest r;
   r.g = __shfl_xor_sync(0xffffffffu, b.g, o);
@@ -1604,25 +1622,11 @@ __global__ void __launch_bounds__(SEL_THREADS) select_k(
       if (s_last) {
         __threadfence();
         b = SelBest{-INFINITY, -INFINITY, 0x7fffffff, 0x7fffffff, 0};
-        for (int j = 0; j < nc; ++j) {
-          const SelBest* pj = part + (int64_t)r * nc + j;
-          SelBest o;
-          o.g = __ldcg(&pj->g), o.a = __ldcg(&pj->a), o.ai = __ldcg(&pj->ai);
-          o.gi = __ldcg(&pj->gi), o.nfin = __ldcg(&pj->nfin);
-          sel_merge(b, o);
-        }
+        for (int j = 0; j < nc; ++j) sel_merge(b, sel_load_cg(part + (int64_t)r * nc + j));
         counters[r] = 0u;  // ready for the next launch
       }
     }
-    if (s_last) {
-      const bool drawn = temp && b.nfin > 0;
-      out[r] = drawn ? b.gi : (b.ai == 0x7fffffff ? 0 : b.ai);
-      if (info) {  // what sample_k reports: the kept set is every finite logit, or argmax
-        info[r * 4] = drawn ? 0 : -1;
-        info[r * 4 + 1] = info[r * 4 + 2] = 0;
-        info[r * 4 + 3] = drawn ? b.nfin : 1;
-      }
-    }
+    if (s_last) sel_write(out, info, r, b, temp);
   }
 }
 
