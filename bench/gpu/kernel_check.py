@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import paddle
 
-from engine_pod.model.base import SeqWork
+from engine_pod.model.base import SamplingParams, SeqWork
 from engine_pod.model.llama import Rope
 from engine_pod.model.ops.cuda import CudaOps
 from engine_pod.model.ops.native import NativeOps
@@ -36,6 +36,7 @@ from engine_pod.model.random_model import random_config
 from engine_pod.model.safetensors_io import float32_to_bf16
 from engine_pod.model.step_plan import plan_step
 
+GREEDY = SamplingParams(temperature=0.0)
 TOL = {"float32": 2e-4, "bfloat16": 3e-2, "float16": 4e-3}  # relative to max |ref| (>= 1)
 
 CPU = paddle.CPUPlace()
@@ -103,7 +104,7 @@ def make_batch(rng: random.Random, block_size: int, num_blocks: int) -> list[Seq
         need = (start + n + block_size - 1) // block_size
         table = [free.pop() for _ in range(need)]
         ids = [rng.randrange(256) for _ in range(n)]
-        batch.append(SeqWork(f"s{i}", ids, start, table, True))
+        batch.append(SeqWork(f"s{i}", ids, start, table, True, GREEDY))  # sampled rows: argmax
     rng.shuffle(batch)
     return batch
 
