@@ -26,6 +26,10 @@
 // every fragment is half of one load. A row's logits depend only on its own x row and W
 // (fixed k order): a batch and its padded graph give the same tokens. Launcher:
 // rl_head_select (kernels.cu); rl_head_select_part_bytes says which shapes it takes.
+//
+// Measured on the H200 (bench/gpu/RESULTS.md round 10): right, but slower than cuBLAS +
+// select_k at 1-64 rows — loads through registers read the head at <= 3.4 TB/s, cuBLAS's TMA
+// copies at 4.2 — so the engine runs it only when RLFLEET_HEAD_SELECT_ROWS asks.
 
 namespace head {
 
