@@ -50,6 +50,9 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rl_d2h": [_P, _P, _I64, _P],
     "rl_host_alloc": [_P, _I64],
     "rl_host_free": [_P],
+    "rl_host_alloc_mapped": [_P, _P, _I64],
+    "rl_step_in": [_P, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _P],
+    "rl_step_out": [_P, _I64, _P, _P, _I64, _P, _P],
     "rl_event_create": [_P],
     "rl_event_record": [_P, _P],
     "rl_event_sync": [_P],
@@ -461,6 +464,28 @@ class CudaOps(DecoderOps):
         arr = np.ctypeslib.as_array((ctypes.c_int64 * max(n, 1)).from_address(p.value))[:n]
         weakref.finalize(arr, self.lib.rl_host_free, p)
         return arr
+
+    def mapped_int64(self, n: int) -> tuple[np.ndarray, int]:
+        """`n` int64 of pinned host memory that kernels read and write directly: (the host's
+        array, the kernels' address); freed when the array is."""
+        host, dev = ctypes.c_void_p(), ctypes.c_void_p()
+        self._call("rl_host_alloc_mapped", ctypes.byref(host), ctypes.byref(dev), 8 * max(n, 1))
+        arr = np.ctypeslib.as_array((ctypes.c_int64 * max(n, 1)).from_address(host.value))[:n]
+        weakref.finalize(arr, self.lib.rl_host_free, host)
+        return arr, int(dev.value)
+
+    def step_in(self, meta: paddle.Tensor, inp: int, in_stride: int, state: paddle.Tensor,
+                last_ids: paddle.Tensor, slot_b: int, bucket: int, scratch: int) -> None:  # fmt: skip
+        """meta = a graph replay's staged indices, read from mapped memory `inp` (step_mailbox.cuh)."""
+        self._call("rl_step_in", meta.data_ptr(), int(meta.shape[0]), inp, in_stride,
+                   state.data_ptr(), last_ids.data_ptr(), slot_b, bucket, scratch,
+                   self.stream)  # fmt: skip
+
+    def step_out(self, ids: paddle.Tensor, last_ids: paddle.Tensor, out: int, out_stride: int,
+                 state: paddle.Tensor) -> None:  # fmt: skip
+        """A graph replay's sampled ids into `last_ids` and mapped memory `out` (step_mailbox.cuh)."""
+        self._call("rl_step_out", ids.data_ptr(), int(ids.shape[0]), last_ids.data_ptr(), out,
+                   out_stride, state.data_ptr(), self.stream)  # fmt: skip
 
     def ids_to_host(self, dst: np.ndarray, src: paddle.Tensor, n: int) -> None:
         """Queue src[:n] (int64, device) into pinned `dst` on the stream; wait with an event."""

@@ -42,12 +42,6 @@ constexpr int DEPTH = 2;    // chunks a warp has in flight beyond the one it mul
 constexpr int MAX_ROWS = 64;
 constexpr int SMEM_MAX = 227 * 1024 - 64;  // the opt-in limit, less the static flag
 
-struct RowSel {  // a sampled row's selection (select_k's parameters)
-  double inv_t;
-  uint64_t h;
-  int mode;
-};
-
 __host__ __device__ constexpr int n_tiles(int M) {  // 8-row mma n-tiles the kernel holds
   return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : M <= 48 ? 6 : 8;
 }
@@ -116,14 +110,7 @@ __global__ void __launch_bounds__(THREADS, 1)
   }
   int mode = SEL_FULL;  // rows past M: nothing to select
   if (tid < M) {
-    RowSel s{0.0, 0, SEL_GREEDY};
-    if (params) {
-      const int64_t* pr = params + (int64_t)tid * 5;
-      const double temp = __longlong_as_double(pr[0]);
-      s.mode = select_mode(temp, __longlong_as_double(pr[1]), pr[2]);
-      s.inv_t = 1.0 / fmax(temp, 1e-6);
-      s.h = mix64((uint64_t)pr[3] ^ mix64((uint64_t)pr[4]));
-    }
+    const RowSel s = row_sel(params, tid);
     mode = s.mode;
     rsel[tid] = s;
   }

@@ -1573,6 +1573,21 @@ __device__ __forceinline__ SelBest sel_shfl(const SelBest& b, int o) {
   return r;
 }
 
+// a sampled row's selection from its sampling parameters (params int64 [rows, 5], NULL: all
+// greedy): its mode, 1 / T, and its noise stream (seed, step)
+struct RowSel {
+  double inv_t;
+  uint64_t h;
+  int mode;
+};
+__device__ __forceinline__ RowSel row_sel(const int64_t* params, int r) {
+  if (!params) return RowSel{0.0, 0, SEL_GREEDY};
+  const int64_t* pr = params + (int64_t)r * 5;
+  const double temp = __longlong_as_double(pr[0]);
+  return RowSel{1.0 / fmax(temp, 1e-6), mix64((uint64_t)pr[3] ^ mix64((uint64_t)pr[4])),
+                select_mode(temp, __longlong_as_double(pr[1]), pr[2])};
+}
+
 template <typename T>
 __global__ void __launch_bounds__(SEL_THREADS) select_k(
     int64_t* __restrict__ out, int64_t* __restrict__ info, SelBest* __restrict__ part,
@@ -1582,16 +1597,10 @@ __global__ void __launch_bounds__(SEL_THREADS) select_k(
   __shared__ SelBest sb[SEL_THREADS / 32];
   __shared__ bool s_last;
   const int r = blockIdx.x, c = blockIdx.y, nc = gridDim.y, tid = threadIdx.x;
-  int mode = SEL_GREEDY;
-  double inv_t = 0.0;
-  uint64_t h = 0;
-  if (params) {
-    const int64_t* pr = params + (int64_t)r * 5;
-    const double temp = __longlong_as_double(pr[0]);
-    mode = select_mode(temp, __longlong_as_double(pr[1]), pr[2]);
-    inv_t = 1.0 / fmax(temp, 1e-6);
-    h = mix64((uint64_t)pr[3] ^ mix64((uint64_t)pr[4]));
-  }
+  const RowSel rs = row_sel(params, r);
+  const int mode = rs.mode;
+  const double inv_t = rs.inv_t;
+  const uint64_t h = rs.h;
   if (mode == SEL_FULL) return;
   const bool temp = mode == SEL_TEMP;
   const T* row = logits + (int64_t)r * vocab;
@@ -1672,6 +1681,7 @@ static int num_sms() {  // of the current device, cached
 #include "gemm_silu.cuh"  // gate_up + SiLU * mul in one kernel for 17..64-row decode steps
 #include "lt_gemm.cuh"    // cuBLASLt matmuls with a measured algorithm choice
 #include "head_select.cuh"  // the LM head's GEMM + token selection in one kernel
+#include "step_mailbox.cuh"  // graph steps' input and ids through mapped pinned memory
 
 // split-K attention's partials merged by a second launch (attn_combine_k), when the splits
 // did not merge in their own launch
@@ -1680,6 +1690,15 @@ static void combine_splits(void* out, void* part_acc, void* part_ml, int tokens,
                            int nsplit, cudaStream_t st) {
   launch_k(attn_combine_k<T>, dim3(tokens, hq), d < 32 ? 32 : (d > 128 ? 128 : d), 0, st,
       (T*)out, (const float*)part_acc, (const float*)part_ml, hq, d, nsplit);
+}
+
+// the rows of a selection with a top-k / top-p cut drawn by sample_k from their logits (one
+// block a row; it returns at once for rows select_k drew)
+template <typename T>
+static void launch_cut_rows(int64_t* out, int64_t* info, const T* logits, const int64_t* params,
+                            int rows, int vocab, cudaStream_t st) {
+  launch_k(sample_k<T>, dim3(rows), dim3(SAMPLE_THREADS), 0, st, out, info, logits, params, vocab,
+           1);
 }
 
 #define DISPATCH(dtype, ...)                  \
@@ -1785,8 +1804,8 @@ int rl_head_select(void* out, void* info, void* logits, const void* x, const voi
                      (bf16*)logits, (const bf16*)x, (const bf16*)w, (const int64_t*)params, M, V,
                      K, need_logits, num_sms(), st);
   if (rc || !params) return rc;
-  launch_k(sample_k<bf16>, dim3(M), dim3(SAMPLE_THREADS), 0, st, (int64_t*)out, (int64_t*)info,
-           (const bf16*)logits, (const int64_t*)params, V, 1);
+  launch_cut_rows((int64_t*)out, (int64_t*)info, (const bf16*)logits, (const int64_t*)params, M,
+                  V, st);
   return (int)cudaGetLastError();
 }
 
@@ -2079,9 +2098,8 @@ int rl_sample(void* out, void* info, const void* logits, const void* params, int
   cudaStream_t st = (cudaStream_t)stream;
   int rc = launch_select(out, info, part, counters, logits, params, rows, vocab, nchunk, dtype, st);
   if (rc) return rc;
-  DISPATCH(dtype, launch_k(sample_k<T>, rows, SAMPLE_THREADS, 0, st,
-                      (int64_t*)out, (int64_t*)info, (const T*)logits, (const int64_t*)params,
-                      vocab, 1));
+  DISPATCH(dtype, launch_cut_rows((int64_t*)out, (int64_t*)info, (const T*)logits,
+                                  (const int64_t*)params, rows, vocab, st));
   return (int)cudaGetLastError();
 }
 
