@@ -155,8 +155,7 @@ def decode_lookahead(
 
 
 def graph_gpu_ms(runner: PaddleModelRunner, reps: int = 50) -> float:
-    """GPU time of one replay of the most recently used graph (back-to-back replays; with
-    the step mailbox, replays nobody staged: their first kernel copies nothing in)."""
+    """GPU time of one replay of the most recently used graph (back-to-back replays)."""
     g = max(runner.graphs.graphs.values(), key=lambda g: int(g.ids.shape[0]))
     g.graph.replay()
     sync()
@@ -164,9 +163,7 @@ def graph_gpu_ms(runner: PaddleModelRunner, reps: int = 50) -> float:
     for _ in range(reps):
         g.graph.replay()
     sync()
-    dt = (time.perf_counter() - t0) / reps * 1e3
-    runner.graphs.resync()
-    return dt
+    return (time.perf_counter() - t0) / reps * 1e3
 
 
 def host_breakdown(bt: Batch, last: list[int], pos: int, reps: int = 30) -> dict:
@@ -176,7 +173,6 @@ def host_breakdown(bt: Batch, last: list[int], pos: int, reps: int = 30) -> dict
 
     r = bt.runner
     graphs, cfg = r.graphs, r.config
-    mb = graphs.mailbox
     batch = bt.work(last, pos, 1)
     parts: dict[str, list[float]] = {
         k: [] for k in ("pack", "copy_in", "replay", "gpu_wait", "ids_back")
@@ -188,21 +184,13 @@ def host_breakdown(bt: Batch, last: list[int], pos: int, reps: int = 30) -> dict
         t1 = time.perf_counter()
         g = graphs.graphs[key]
         graphs.ops.refresh_stream()
-        if mb is not None:  # the replay copies its input in itself
-            mb.stage(buf, False, len(batch))
-        else:
-            graphs.ops.copy_to_device(g.meta, buf)
+        graphs.ops.copy_to_device(g.meta, buf)
         t2 = time.perf_counter()
         g.graph.replay()
         t3 = time.perf_counter()
         sync()
         t4 = time.perf_counter()
-        if mb is not None:  # and writes its ids out itself
-            head = mb.OUT_HEAD
-            _ = mb.out_slot(mb.seq & 1)[head : head + len(batch)].tolist()
-            mb.seq += 1
-        else:
-            _ = g.ids.numpy()[: len(batch)].tolist()
+        _ = g.ids.numpy()[: len(batch)].tolist()
         t5 = time.perf_counter()
         for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
             parts[k].append(v)
@@ -273,7 +261,6 @@ def main() -> None:
                  "attn_keys_per_split": getattr(runner.ops, "keys_per_split", None),
                  "fused_gemm_rows": getattr(runner.ops, "fused_gemm_rows", None),
                  "head_select_rows": getattr(runner.ops, "head_select_rows", None),
-                 "graph_mailbox": getattr(runner.graphs, "mailbox", None) is not None,
                  "dtype": runner.dtype, "ctx": args.ctx, "load_s": round(time.time() - t0, 1),
                  "weight_bytes": weight_bytes(runner), "hbm_datasheet_bytes_per_s": args.hbm_tbs * 1e12,
                  "copy_bytes_per_s_measured": round(copy_bps), "rows": []}  # fmt: skip

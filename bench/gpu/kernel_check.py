@@ -220,6 +220,8 @@ def check_shape(ck: Checker, hidden: int, heads: int, kv: int, d: int, inter: in
         check_fused(ck, case, pair, back, hidden, heads, kv, d, inter, eps)
         check_stream(ck, case, pair, back, hidden, heads, kv, d, inter)
         check_lt(ck, case, pair, back, hidden, heads, kv, d, inter, cfg.vocab_size)
+        check_folded(ck, case, pair, back, (hidden, heads, kv, d, inter), eps, st_c, st_g,
+                     cache_shape)  # fmt: skip
     # logits (in the model's dtype on the device; widened for the host) and greedy argmax,
     # straight from those logits and from a float32 copy
     _, r_c, r_g = pair(S, hidden)
@@ -272,6 +274,48 @@ def check_fused(ck: Checker, case: str, pair, back, hidden: int, heads: int, kv:
                 gpu.linear_residual(res_g, a_g, w_g)
                 want = x + C(cpu.linear, a_c, w_c).numpy()
                 ck.record(f"fused.{name}_residual", c, dtype, back(res_g), want)
+
+
+def check_folded(ck: Checker, case: str, pair, back, dims: tuple[int, ...], eps: float, st_c,
+                 st_g, cache_shape: tuple[int, ...]) -> None:  # fmt: skip
+    """The folded-norm path's ops (bf16, the step's T rows; ops/base.py "folded norms"):
+    GEMMs on the raw rows with the norm weight folded into W, against the CPU path's
+    rms_norm(x) * n, then the unfolded W: RoPE + KV write scaling by 1 / rms, SiLU * mul
+    scaling by 1 / rms, and the GEMM that adds its product into the residual (rl_gemm_acc)."""
+    gpu, cpu, dtype = ck.gpu, ck.cpu, "bfloat16"
+    hidden, heads, kv, d, inter = dims
+    ready = int(gpu.lib.rl_gemm_acc_available())
+    ck.record("folded.gemm_acc_available", case, dtype, np.array([ready]), np.array([0]))
+    if ready:
+        return
+    T = st_g.n_tok
+    x, x_c, x_g = pair(T, hidden, scale=3.0)
+    n, n_c, _ = pair(hidden)
+
+    def fold(w: np.ndarray) -> paddle.Tensor:  # W diag(n), rounded as the weights would be
+        return ck.gpu_t(rounded(w * n[None, :], dtype), dtype)
+
+    wq, wq_c, _ = pair((heads + 2 * kv) * d, hidden, scale=hidden**-0.5)
+    _, b_c, b_g = pair((heads + 2 * kv) * d)
+    kc0, kc_c, kc_g = pair(*cache_shape)
+    vc0, vc_c, vc_g = pair(*cache_shape)
+    h_c = C(cpu.rms_norm, x_c, n_c, eps)
+    q_c = C(cpu.qkv_rope_cache, C(cpu.linear, h_c, wq_c), b_c, st_c, kc_c, vc_c)
+    q_g = gpu.qkv_rope_rms_linear(x_g, fold(wq), b_g, st_g, kc_g, vc_g, eps)
+    ck.record("folded.qkv_rope.q", case, dtype, back(q_g), q_c.numpy())
+    ck.record("folded.qkv_rope.kcache", case, dtype, back(kc_g), kc_c.numpy())
+    ck.record("folded.qkv_rope.vcache", case, dtype, back(vc_g), vc_c.numpy())
+    wg, wg_c, _ = pair(2 * inter, hidden, scale=hidden**-0.5)
+    want = C(cpu.silu_mul, C(cpu.linear, h_c, wg_c)).numpy()
+    ck.record("folded.silu", case, dtype, back(gpu.silu_rms_linear(x_g, fold(wg), eps)), want)
+    for name, k in (("o", heads * d), ("down", inter)):
+        _, a_c, a_g = pair(T, k)
+        _, w_c, w_g = pair(hidden, k, scale=k**-0.5)
+        res_g = gpu.add_linear(ck.gpu_t(x, dtype), a_g, w_g)
+        ck.record(
+            f"folded.{name}_add", case, dtype, back(res_g), x + C(cpu.linear, a_c, w_c).numpy()
+        )
+    _ = (kc0, vc0)
 
 
 def check_stream(ck: Checker, case: str, pair, back, hidden: int, heads: int, kv: int, d: int,

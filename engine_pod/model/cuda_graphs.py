@@ -19,11 +19,6 @@ is captured once as a CUDA graph (`paddle.device.cuda.graphs.CUDAGraph`) and rep
   back; its input ids are copied on the device from N's sampled ids (same requests, same
   order), and each step's ids come back through pinned memory and an event, so waiting
   for N does not wait for N + 1 queued behind it.
-- the step mailbox (`StepMailbox`, RLFLEET_GRAPH_MAILBOX, default on): each graph's first
-  kernel reads its indices straight from mapped pinned memory (and, for a look-ahead step,
-  the last replay's ids from the device) and its last kernel writes the sampled ids straight
-  back, so between two replays the stream holds only an event — not a copy in, a copy of the
-  fed ids and a copy out, each waiting for the one before it (ops/step_mailbox.cuh).
 - weights: `PaddleModelRunner.swap_weights` copies new weights into the tensors the graphs
   read, so the graphs stay valid across updates; a new KV cache (`allocate_kv_cache`)
   drops every graph (`attach`).
@@ -32,7 +27,6 @@ is captured once as a CUDA graph (`paddle.device.cuda.graphs.CUDAGraph`) and rep
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -48,9 +42,6 @@ from engine_pod.model.step_plan import plan_step
 
 log = logging.getLogger(__name__)
 
-# graph replays take their input and return their ids through a StepMailbox ("0": copies
-# on the stream between replays, as before session 12)
-GRAPH_MAILBOX = os.environ.get("RLFLEET_GRAPH_MAILBOX", "1") != "0"
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 _PAD = SamplingParams(temperature=0.0)
 
@@ -151,68 +142,15 @@ def pack_decode(
     return buf, (bucket, stride)
 
 
-class StepMailbox:
-    """Mapped pinned memory through which graph replays take their indices and hand back
-    their sampled ids (ops/step_mailbox.cuh), two slots each way: replay s uses slots s % 2.
-
-    Input slot: [replay number, feed, rows, length, indices...]; output slot: [replay number,
-    error, ids...]. The device keeps the next replay's number (`state`) and advances it at
-    the end of each replay; the host keeps its own (`seq`) and checks each output's number,
-    so a replay it did not stage (a benchmark replaying a graph directly) cannot hand a
-    step the wrong ids unnoticed: `resync` puts the two back in step."""
-
-    IN_HEAD, OUT_HEAD = 4, 2
-
-    def __init__(self, ops: CudaOps, max_batch: int, max_meta: int) -> None:
-        self.ops = ops
-        self.in_stride, self.out_stride = self.IN_HEAD + max_meta, self.OUT_HEAD + max_batch
-        self.inp, self.in_dev = ops.mapped_int64(2 * self.in_stride)
-        self.out, self.out_dev = ops.mapped_int64(2 * self.out_stride)
-        self.inp.fill(-1)
-        self.out.fill(-1)
-        self.state = ops.zeros([2], "int64")  # next replay's number, error flag
-        self.last_ids = ops.zeros([max_batch], "int64")  # the last replay's sampled ids
-        self.seq = 0
-
-    def out_slot(self, k: int) -> np.ndarray:
-        return self.out[k * self.out_stride : (k + 1) * self.out_stride]
-
-    def stage(self, buf: np.ndarray, feed: bool, rows: int) -> int:
-        """Replay `seq`'s input into its slot (whose last replay the caller waited for)."""
-        s = self.seq
-        slot = self.inp[(s & 1) * self.in_stride : ((s & 1) + 1) * self.in_stride]
-        slot[self.IN_HEAD : self.IN_HEAD + buf.size] = buf
-        slot[:4] = (s, int(feed), rows, buf.size)
-        return s
-
-    def capture_in(self, meta: paddle.Tensor, slot_b: int, bucket: int, scratch: int) -> None:
-        self.ops.step_in(meta, self.in_dev, self.in_stride, self.state, self.last_ids,
-                         slot_b, bucket, scratch)  # fmt: skip
-
-    def capture_out(self, ids: paddle.Tensor) -> None:
-        self.ops.step_out(ids, self.last_ids, self.out_dev, self.out_stride, self.state)
-
-    def resync(self) -> None:
-        """The host's replay number := the device's, the error flag cleared (after replays
-        that did not go through `DecodeGraphs.run`)."""
-        self.ops.synchronize()
-        self.seq = int(self.state.numpy()[0])
-        self.ops.copy_to_device(self.state, np.array([self.seq, 0], dtype=np.int64))
-        self.ops.synchronize()
-
-
 class HostIds:
     """Pinned host memory for a graph step's input and its sampled ids, and an event after
-    them: the host waits for that step alone, not for a look-ahead step queued behind it.
-    With `out` (a StepMailbox output slot) the replay itself writes the ids there."""
+    them: the host waits for that step alone, not for a look-ahead step queued behind it."""
 
-    def __init__(self, ops: CudaOps, out: np.ndarray | None = None) -> None:
+    def __init__(self, ops: CudaOps) -> None:
         self.ops = ops
         self.event = ops.event()
         self.input = ops.pinned_int64(0)
         self.ids = ops.pinned_int64(0)
-        self.out = out
-        self.expect = -1  # the replay number the mailbox output must carry
         self.pending = False
         self.n = 0
 
@@ -238,25 +176,10 @@ class HostIds:
         self.pending, self.n = True, n
         return self
 
-    def queue_event(self, seq: int, n: int) -> HostIds:
-        """The event after mailbox replay `seq`, whose first `n` ids the host will read."""
-        self.ops.event_record(self.event)
-        self.pending, self.n, self.expect = True, n, seq
-        return self
-
     def tokens(self) -> list[int]:
         """The step's sampled ids, once it is done."""
         self.wait()
-        if self.out is None:
-            return self.ids[: self.n].tolist()
-        seq, err = int(self.out[0]), int(self.out[1])
-        if seq != self.expect or err:
-            raise RuntimeError(
-                f"CUDA graph replay {self.expect}: its output slot holds replay {seq}, error "
-                f"flag {err} (a replay the runner did not stage; DecodeGraphs.resync)"
-            )
-        head = StepMailbox.OUT_HEAD
-        return self.out[head : head + self.n].tolist()
+        return self.ids[: self.n].tolist()
 
 
 @dataclass
@@ -284,7 +207,6 @@ class DecodeGraphs:
         self.scratch = 0
         self.captures = self.replays = 0
         self._slots = [HostIds(ops), HostIds(ops)]  # a step in flight and the one after it
-        self.mailbox: StepMailbox | None = None
         # the last replay's (request ids, sampled ids on the device): a `feed` step's input
         self.last: tuple[list[str], paddle.Tensor] | None = None
 
@@ -292,11 +214,6 @@ class DecodeGraphs:
         """Use a new KV cache (its block `scratch_block` is reserved for padding rows)."""
         self.invalidate()
         self.cache, self.scratch = cache, scratch_block
-        if GRAPH_MAILBOX:
-            cfg, bs, top = self.decoder.cfg, cache.block_size, self.buckets[-1]
-            stride = stride_bucket((cfg.max_position_embeddings - 1) // bs + 1)
-            self.mailbox = StepMailbox(self.ops, top, 11 * top + top * stride)
-            self._slots = [HostIds(self.ops, self.mailbox.out_slot(k)) for k in (0, 1)]
 
     def invalidate(self) -> None:
         """Drop every graph (their memory returns to Paddle); later steps recapture."""
@@ -339,29 +256,16 @@ class DecodeGraphs:
         if buf.size != int(g.meta.shape[0]):
             raise RuntimeError(f"graph input {buf.size} != captured {g.meta.shape[0]}")
         self.ops.refresh_stream()
-        mb = self.mailbox
-        slot = self._slots[(mb.seq if mb else self.replays) % 2]
+        slot = self._slots[self.replays % len(self._slots)]
         slot.wait()  # its last step is done (always so when each launch is waited in turn)
-        if mb is not None:  # the graph copies its input in and its ids out itself
-            seq = mb.stage(buf, feed, len(batch))
-            g.graph.replay()
-            mb.seq += 1
-            host = slot.queue_event(seq, len(batch))
-        else:
-            self.ops.copy_to_device(g.meta, slot.stage(buf))
-            if feed:
-                assert self.last is not None
-                self.ops.copy_ids(g.meta, self.last[1], len(batch))  # ids sit first in the input
-            g.graph.replay()
-            host = slot.queue_ids(g.ids, len(batch))
+        self.ops.copy_to_device(g.meta, slot.stage(buf))
+        if feed:
+            assert self.last is not None
+            self.ops.copy_ids(g.meta, self.last[1], len(batch))  # ids sit first in the input
+        g.graph.replay()
         self.replays += 1
         self.last = (order, g.ids)
-        return g.logits, g.ids, host
-
-    def resync(self) -> None:
-        """Call after replaying graphs directly (benchmarks): see `StepMailbox.resync`."""
-        if self.mailbox is not None:
-            self.mailbox.resync()
+        return g.logits, g.ids, slot.queue_ids(g.ids, len(batch))
 
     def _capture(self, weights: DecoderWeights, batch: int, stride: int) -> _Graph:
         from paddle.device.cuda.graphs import CUDAGraph
@@ -374,26 +278,21 @@ class DecodeGraphs:
                          cfg.max_position_embeddings, context_slots=False)  # fmt: skip
         buf, offs, _ = ops.pack_step(plan, bs, stride=stride, pad_to=batch, pad_block=self.scratch)
         meta = ops.upload_int64(buf)
-        mb = self.mailbox
 
-        def step(io: bool) -> tuple[paddle.Tensor, paddle.Tensor]:
-            if io and mb is not None:  # offs[2]: the rows' KV-write blocks
-                mb.capture_in(meta, offs[2], batch, self.scratch)
+        def step() -> tuple[paddle.Tensor, paddle.Tensor]:
             st = ops.step_on(cfg, plan, dec.rope, bs, meta, offs, stride)
             out = dec.forward_ids(weights, cache, plan, st, self.need_logits)
             assert out is not None  # every row of a decode step is sampled
-            if io and mb is not None:
-                mb.capture_out(out[1])
             return out
 
         ops.refresh_stream()
-        step(io=False)  # warm-up: cuBLAS handles and workspaces exist before the capture
+        step()  # warm-up: cuBLAS handles and workspaces exist before the capture
         ops.synchronize()
         graph = CUDAGraph()
         graph.capture_begin()
         try:
             ops.refresh_stream()
-            logits, ids = step(io=True)
+            logits, ids = step()
         finally:
             graph.capture_end()
             ops.refresh_stream()

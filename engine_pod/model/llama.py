@@ -59,10 +59,19 @@ def build_weights(
     With Paddle's own ops on the CPU, an array already of `dtype` becomes a tensor over
     the same memory (no copy): `w` is handed over and must not change afterwards.
     Parts that are consecutive rows of one array (as `loader.read_checked` lays them out)
-    are fused without a copy.
+    are fused without a copy. When `ops.folds_norms(dtype)`, each layer's input and
+    post-attention norm weights are folded into the qkv and gate_up columns (and become 1;
+    ops/base.py "folded norms").
     """
     ops = ops or NativeOps()
     share = isinstance(ops, NativeOps) and paddle.get_device() == "cpu"
+    fold = ops.folds_norms(dtype)
+
+    def folded(norm: np.ndarray, mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(norm weight, the GEMM weight after it): folded when `fold`."""
+        if not fold:
+            return norm, mat
+        return np.ones_like(norm), mat * norm.astype(np.float32)[None, :]
 
     def t(a: np.ndarray) -> paddle.Tensor:
         if share and str(a.dtype) == dtype and a.flags.c_contiguous and a.flags.writeable:
@@ -76,15 +85,19 @@ def build_weights(
         qkv_b = None
         if cfg.qkv_bias:
             qkv_b = t(_stacked([w[a + f"{x}_proj.bias"] for x in "qkv"]))
+        n1, qkv = folded(w[p + "input_layernorm.weight"],
+                         _stacked([w[a + f"{x}_proj.weight"] for x in "qkv"]))  # fmt: skip
+        n2, gate_up = folded(w[p + "post_attention_layernorm.weight"],
+                             _stacked([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]]))  # fmt: skip
         layers.append(
             LayerWeights(
-                input_norm=t(w[p + "input_layernorm.weight"]),
-                qkv=t(_stacked([w[a + f"{x}_proj.weight"] for x in "qkv"])),
+                input_norm=t(n1),
+                qkv=t(qkv),
                 qkv_bias=qkv_b,
                 o=t(w[a + "o_proj.weight"]),
                 o_bias=t(w[a + "o_proj.bias"]) if cfg.o_bias else None,
-                post_norm=t(w[p + "post_attention_layernorm.weight"]),
-                gate_up=t(_stacked([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]])),
+                post_norm=t(n2),
+                gate_up=t(gate_up),
                 down=t(w[p + "mlp.down_proj.weight"]),
             )
         )
@@ -193,6 +206,8 @@ class PagedDecoder:
             st = ops.begin_step(cfg, plan, self.rope, cache.block_size)
         if ops.fused_layers(st, self.dtype):
             return self._forward_fused(w, cache, plan, st)
+        if not self.cfg.o_bias and ops.folded_layers(st, self.dtype):
+            return self._forward_folded(w, cache, plan, st)
         x = ops.embed(w.embed, st)
         h = ops.rms_norm(x, w.layers[0].input_norm, eps)
         delta = None
@@ -223,6 +238,23 @@ class PagedDecoder:
             attn = ops.attention(ops.qkv_rope_cache(qkv, lw.qkv_bias, st, kc, vc), kc, vc, st)
             ops.linear_residual(x, attn, lw.o)
             ops.linear_residual(x, ops.norm_linear_silu(x, lw.post_norm, lw.gate_up, eps), lw.down)
+        if plan.sample_rows.size == 0:
+            return None
+        return ops.final_norm(x, None, w.norm, st, eps)
+
+    def _forward_folded(
+        self, w: DecoderWeights, cache: PagedKVCache, plan: StepPlan, st: Any
+    ) -> paddle.Tensor | None:
+        """`forward_rows` with the layer norms folded into qkv / gate_up (ops/base.py "folded
+        norms"): each layer is its four GEMMs on the raw residual stream x, RoPE + KV write
+        and SiLU * mul scaling their products by 1 / rms(x), attention; o and down add into x."""
+        ops, eps = self.ops, self.cfg.rms_norm_eps
+        x = ops.embed(w.embed, st)
+        for li, lw in enumerate(w.layers):
+            kc, vc = cache.k[li], cache.v[li]
+            q = ops.qkv_rope_rms_linear(x, lw.qkv, lw.qkv_bias, st, kc, vc, eps)
+            x = ops.add_linear(x, ops.attention(q, kc, vc, st), lw.o)
+            x = ops.add_linear(x, ops.silu_rms_linear(x, lw.gate_up, eps), lw.down)
         if plan.sample_rows.size == 0:
             return None
         return ops.final_norm(x, None, w.norm, st, eps)

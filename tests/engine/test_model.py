@@ -180,6 +180,34 @@ def test_device_sampling_draws_through_logits_and_ids(tiny_dir: str) -> None:
     assert len(DrawingOps.needs) >= N_NEW and not any(DrawingOps.needs)
 
 
+def test_folded_norms_decode_the_reference_tokens(tiny_dir: str) -> None:
+    """Layer norms folded into qkv / gate_up at weight load (ops/base.py "folded norms"; on
+    the GPU, bf16 steps of more than 32 rows): the decoder runs each layer on the raw residual
+    stream — the qkv and gate_up products scaled by 1 / rms of their row, o and down added
+    into it — and still decodes the reference tokens (float32 here: the same math, other
+    roundings). The loaded norm weights are ones, and every step took the folded path."""
+    from engine_pod.model.llama import build_weights
+    from engine_pod.model.ops import NativeOps
+
+    class FoldingOps(NativeOps):
+        fold_norms = True
+        steps = 0
+
+        def folded_layers(self, st, dtype):
+            FoldingOps.steps += 1
+            return True
+
+    r = PaddleModelRunner(tiny_dir)
+    ops = FoldingOps()
+    r.ops = r.decoder.ops = ops
+    r.weights = build_weights(r.config, load_checkpoint(tiny_dir)[1], r.dtype, ops)
+    norms = [t.numpy() for lw in r.weights.layers for t in (lw.input_norm, lw.post_norm)]
+    assert all((n == 1).all() for n in norms)
+    prompts = [r.tokenizer.encode(t) for t in ["Hello world, this is", "a"]]
+    assert run_paged(r, prompts) == [reference_greedy(tiny_dir, p, N_NEW) for p in prompts]
+    assert FoldingOps.steps > 0
+
+
 def test_mlp_goes_through_linear_silu(tiny_dir: str) -> None:
     """The decoder runs each layer's gate_up projection and SiLU * mul through one
     `linear_silu` call (a GPU kernel library does both in one kernel): ops that count the

@@ -157,6 +157,55 @@ class DecoderOps(ABC):
         """x += a @ w^T, in place (x is the residual stream)."""
         raise NotImplementedError(f"{self.name} ops do not fuse layers")
 
+    # ---- folded norms (optional). At weight load (`llama.build_weights`) each layer's two
+    # RMSNorm weights are folded into the GEMM after them (qkv and gate_up columns scaled by
+    # them, the norm weights set to 1): rms_norm(x) * n @ W^T = (x @ (W diag n)^T) / rms(x).
+    # `folded_layers` steps then run their layers on the raw residual stream x: the kernel
+    # that reads each of those two products scales it by 1 / rms of its row, and the o / down
+    # products are added into x by their GEMM — no norm launches between the layer's GEMMs.
+    # Other steps run as usual (their norms, now of unit weight, give the same math).
+    fold_norms: bool = False
+
+    def folds_norms(self, dtype: str) -> bool:
+        """True: weights built for compute `dtype` get their layer norms folded in."""
+        return self.fold_norms
+
+    def folded_layers(self, st: Any, dtype: str) -> bool:
+        """True: this step's layers run on the three folded-norm ops below."""
+        return self.folds_norms(dtype)
+
+    def _unit_norm(self, x: paddle.Tensor) -> paddle.Tensor:
+        h = int(x.shape[1])
+        cache = self.__dict__.setdefault("_unit_norms", {})
+        if (h, x.dtype) not in cache:
+            cache[(h, x.dtype)] = self.to_device(np.ones(h, np.float32), _dtype_str(x))
+        return cache[(h, x.dtype)]
+
+    def qkv_rope_rms_linear(
+        self, x: paddle.Tensor, w: paddle.Tensor, bias: paddle.Tensor | None, st: Any,
+        kc: paddle.Tensor, vc: paddle.Tensor, eps: float,
+    ) -> paddle.Tensor:  # fmt: skip
+        """`qkv_rope_linear(rms_norm(x) (unit weight), w, ...)` with the input norm's weight
+        folded into w: q [T, hq, d], K / V written."""
+        return self.qkv_rope_linear(self.rms_norm(x, self._unit_norm(x), eps), w, bias, st, kc, vc)
+
+    def silu_rms_linear(
+        self, x: paddle.Tensor, gate_up: paddle.Tensor, eps: float
+    ) -> paddle.Tensor:
+        """`linear_silu(rms_norm(x) (unit weight), gate_up)` with the post-attention norm's
+        weight folded into gate_up: [T, I]."""
+        return self.linear_silu(self.rms_norm(x, self._unit_norm(x), eps), gate_up)
+
+    def add_linear(self, x: paddle.Tensor, a: paddle.Tensor, w: paddle.Tensor) -> paddle.Tensor:
+        """x + a @ w^T: the residual stream after a projection (a kernel library may add it in
+        place and return x)."""
+        return x + self.linear(a, w)
+
     def greedy(self, logits: paddle.Tensor) -> list[int]:
         """argmax of each row (first index among ties)."""
         return [int(t) for t in np.argmax(self.logits_to_numpy(logits), axis=-1)]
+
+
+def _dtype_str(t: paddle.Tensor) -> str:
+    """ "float32", "bfloat16", ... of a Paddle tensor."""
+    return str(t.dtype).replace("paddle.", "")

@@ -13,6 +13,7 @@ library is loaded when `CudaOps()` is built.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import weakref
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from engine_pod.model.safetensors_io import float32_to_bf16
 from engine_pod.model.sampler import device_rows
 from engine_pod.model.step_plan import StepPlan
 
+log = logging.getLogger(__name__)
 _P, _I, _I64, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
 _SIGNATURES: dict[str, list[Any]] = {
     "rl_version": [],
@@ -50,9 +52,10 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rl_d2h": [_P, _P, _I64, _P],
     "rl_host_alloc": [_P, _I64],
     "rl_host_free": [_P],
-    "rl_host_alloc_mapped": [_P, _P, _I64],
-    "rl_step_in": [_P, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _P],
-    "rl_step_out": [_P, _I64, _P, _P, _I64, _P, _P],
+    "rl_gemm_acc_available": [],
+    "rl_gemm_acc": [_P, _P, _P, _I, _I, _I, _P],
+    "rl_qkv_rope_cache_rms": [_P] * 11 + [_I, _F] + [_I] * 6 + [_P],
+    "rl_silu_mul_rms": [_P, _P, _P, _I, _F, _I, _I, _I, _P],
     "rl_event_create": [_P],
     "rl_event_record": [_P, _P],
     "rl_event_sync": [_P],
@@ -158,6 +161,12 @@ LT_LOGITS = os.environ.get("RLFLEET_LT_LOGITS", "1") != "0"
 # 90 for cuBLAS + rl_sample — its register-staged weight reads top out at ~3.4 TB/s where
 # cuBLAS's TMA copies reach 4.2.
 HEAD_SELECT_ROWS = int(os.environ.get("RLFLEET_HEAD_SELECT_ROWS", "0"))
+# Folded norms (ops/base.py; llama.py `_forward_folded`): bf16 weights get each layer's two
+# norm weights folded into qkv / gate_up, and steps of more rows than the fused / streaming
+# kernels take run their layers as four cuBLAS GEMMs on the raw residual stream (o and down
+# adding into it: rl_gemm_acc), RoPE + KV write and SiLU * mul scaling by 1 / rms — no norm
+# kernel stranded behind a cuBLAS GEMM. "0": off.
+FOLD_NORMS = os.environ.get("RLFLEET_FOLD_NORMS", "1") != "0"
 _GREEDY = SamplingParams(temperature=0.0)
 
 
@@ -321,7 +330,21 @@ class CudaOps(DecoderOps):
         # attention's, selection's, then rl_head_select's one
         self.counters = self.zeros([ATTN_COUNTERS + SELECT_COUNTERS + 1], "int32")
         self.lt = LtGemms(self.lib, self.fused_gemm_rows, bucket_floor(LT_GEMM_ROWS), BATCH_BUCKETS)
+        # the folded-norm path's row floor: steps the fused / streaming kernels do not take
+        self.folded_min_rows = max(self.fused_gemm_rows, self.stream_gemm_rows,
+                                   self.gate_up_silu_rows) + 1  # fmt: skip
+        self.fold_norms = FOLD_NORMS and self._gemm_acc_ready()
         self.synchronize()
+
+    def _gemm_acc_ready(self) -> bool:
+        """Can rl_gemm_acc run (cuBLAS opened by its soname, a handle made)? Paddle loads
+        cuBLAS on its first matmul, so one runs first."""
+        a = paddle.ones([8, 8], dtype="float32")
+        paddle.matmul(a, a)
+        rc = int(self.lib.rl_gemm_acc_available())
+        if rc:
+            log.warning("RLFLEET_FOLD_NORMS: cuBLAS for rl_gemm_acc unavailable (%d): off", rc)
+        return rc == 0
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -464,28 +487,6 @@ class CudaOps(DecoderOps):
         arr = np.ctypeslib.as_array((ctypes.c_int64 * max(n, 1)).from_address(p.value))[:n]
         weakref.finalize(arr, self.lib.rl_host_free, p)
         return arr
-
-    def mapped_int64(self, n: int) -> tuple[np.ndarray, int]:
-        """`n` int64 of pinned host memory that kernels read and write directly: (the host's
-        array, the kernels' address); freed when the array is."""
-        host, dev = ctypes.c_void_p(), ctypes.c_void_p()
-        self._call("rl_host_alloc_mapped", ctypes.byref(host), ctypes.byref(dev), 8 * max(n, 1))
-        arr = np.ctypeslib.as_array((ctypes.c_int64 * max(n, 1)).from_address(host.value))[:n]
-        weakref.finalize(arr, self.lib.rl_host_free, host)
-        return arr, int(dev.value)
-
-    def step_in(self, meta: paddle.Tensor, inp: int, in_stride: int, state: paddle.Tensor,
-                last_ids: paddle.Tensor, slot_b: int, bucket: int, scratch: int) -> None:  # fmt: skip
-        """meta = a graph replay's staged indices, read from mapped memory `inp` (step_mailbox.cuh)."""
-        self._call("rl_step_in", meta.data_ptr(), int(meta.shape[0]), inp, in_stride,
-                   state.data_ptr(), last_ids.data_ptr(), slot_b, bucket, scratch,
-                   self.stream)  # fmt: skip
-
-    def step_out(self, ids: paddle.Tensor, last_ids: paddle.Tensor, out: int, out_stride: int,
-                 state: paddle.Tensor) -> None:  # fmt: skip
-        """A graph replay's sampled ids into `last_ids` and mapped memory `out` (step_mailbox.cuh)."""
-        self._call("rl_step_out", ids.data_ptr(), int(ids.shape[0]), last_ids.data_ptr(), out,
-                   out_stride, state.data_ptr(), self.stream)  # fmt: skip
 
     def ids_to_host(self, dst: np.ndarray, src: paddle.Tensor, n: int) -> None:
         """Queue src[:n] (int64, device) into pinned `dst` on the stream; wait with an event."""
@@ -775,6 +776,48 @@ class CudaOps(DecoderOps):
         n, k, out_n = int(a.shape[0]), int(a.shape[1]), int(w.shape[0])
         self._call("rl_gemm_residual", x.data_ptr(), a.data_ptr(), w.data_ptr(), n, out_n, k,
                    None, None, self.stream)  # fmt: skip
+
+    # ---- folded norms (ops/base.py)
+    def folds_norms(self, dtype: str) -> bool:
+        return self.fold_norms and dtype == "bfloat16"
+
+    def folded_layers(self, st: CudaStep, dtype: str) -> bool:
+        """bf16 steps of more rows than the fused / streaming kernels take (a graph bucket
+        boundary: a batch and its padded graph decide alike)."""
+        return self.folds_norms(dtype) and st.n_tok >= self.folded_min_rows
+
+    def qkv_rope_rms_linear(
+        self, x: paddle.Tensor, w: paddle.Tensor, bias: paddle.Tensor | None, st: CudaStep,
+        kc: paddle.Tensor, vc: paddle.Tensor, eps: float,
+    ) -> paddle.Tensor:  # fmt: skip
+        cfg = st.cfg
+        qkv = paddle.matmul(x, w, transpose_y=True)
+        dt = dtype_name(kc)
+        q = self._empty([st.n_tok, cfg.num_heads, cfg.head_dim], dt)
+        self._call("rl_qkv_rope_cache_rms", q.data_ptr(), qkv.data_ptr(),
+                   bias.data_ptr() if bias is not None else None, st.rope.cos.data_ptr(),
+                   st.rope.sin.data_ptr(), st.pos, st.slot_b, st.slot_o, kc.data_ptr(),
+                   vc.data_ptr(), x.data_ptr(), int(x.shape[1]), eps, st.n_tok, cfg.num_heads,
+                   cfg.num_kv_heads, cfg.head_dim, st.block_size, _CODE[dt],
+                   self.stream)  # fmt: skip
+        return q
+
+    def silu_rms_linear(
+        self, x: paddle.Tensor, gate_up: paddle.Tensor, eps: float
+    ) -> paddle.Tensor:
+        gu = paddle.matmul(x, gate_up, transpose_y=True)
+        dt = dtype_name(gu)
+        n, inter = int(gu.shape[0]), int(gu.shape[1]) // 2
+        out = self._empty([n, inter], dt)
+        self._call("rl_silu_mul_rms", out.data_ptr(), gu.data_ptr(), x.data_ptr(),
+                   int(x.shape[1]), eps, n, inter, _CODE[dt], self.stream)  # fmt: skip
+        return out
+
+    def add_linear(self, x: paddle.Tensor, a: paddle.Tensor, w: paddle.Tensor) -> paddle.Tensor:
+        """x += a @ w^T in place, on cuBLAS with beta = 1 (bf16; one rounding)."""
+        m, k, n = int(a.shape[0]), int(a.shape[1]), int(w.shape[0])
+        self._call("rl_gemm_acc", x.data_ptr(), a.data_ptr(), w.data_ptr(), m, n, k, self.stream)
+        return x
 
     def silu_mul(self, gate_up: paddle.Tensor) -> paddle.Tensor:
         dt = dtype_name(gate_up)

@@ -56,6 +56,19 @@ __device__ float block_sum(float v) {
   return total;
 }
 
+// 1 / rms of row x[0, h) (every thread of the block calls it; all get the value): the scale an
+// RMSNorm with unit weight applies, for kernels that take a raw residual row's GEMM product
+// (norm weights folded into the GEMM's weights: `rl_qkv_rope_cache_rms`, `rl_silu_mul_rms`)
+template <typename T>
+__device__ float row_rrms(const T* __restrict__ x, int h, float eps) {
+  float ss = 0.f;
+  for (int j = threadIdx.x; j < h; j += blockDim.x) {
+    const float v = to_f(x[j]);
+    ss += v * v;
+  }
+  return rsqrtf(block_sum(ss) / (float)h + eps);
+}
+
 // ---------------------------------------------------------------- programmatic dependent launch
 // Every kernel here is launched with programmatic stream serialization (sm_90 PDL, when
 // `g_pdl` is on): it may start while the kernel before it on the stream is finishing, so
@@ -181,6 +194,22 @@ __global__ void silu_mul_k(T* __restrict__ out, const T* __restrict__ gu, int64_
   }
 }
 
+// silu_mul_k where gu = xn[t] . W'^T, the raw residual row's product with the post-attention
+// norm's weight folded into W' (one block a row): g and u scaled by 1 / rms(xn[t]), rounded
+template <typename T>
+__global__ void silu_mul_rms_k(T* __restrict__ out, const T* __restrict__ gu,
+                               const T* __restrict__ xn, int hn, float eps, int inter) {
+  pdl_entry();
+  const int64_t t = blockIdx.x;
+  const float sc = row_rrms(xn + t * hn, hn, eps);
+  const T* g_row = gu + t * 2 * inter;
+  for (int c = threadIdx.x; c < inter; c += blockDim.x) {
+    float g = rnd<T>(to_f(g_row[c]) * sc);
+    float u = rnd<T>(to_f(g_row[inter + c]) * sc);
+    out[t * inter + c] = from_f<T>(rnd<T>(g / (1.f + expf(-g))) * u);
+  }
+}
+
 template <typename T>
 __global__ void cast_f32_k(float* __restrict__ out, const T* __restrict__ in, int64_t n) {
   pdl_entry();
@@ -193,14 +222,17 @@ __global__ void cast_f32_k(float* __restrict__ out, const T* __restrict__ in, in
 // qkv [T, (hq + 2 hkv) * d] (the GEMM output, without bias); cos/sin tables [max_pos, d] in T.
 // q_out [T, hq, d] gets rope(q); K cache gets rope(k), V cache gets v at slot
 // (slot_b[t], slot_o[t]); caches are [num_blocks, bs, hkv, d]. parts (instead of qkv): the
-// GEMM's split-K partials (parts_values4; [nparts][T][width], width % 4 == 0).
+// GEMM's split-K partials (parts_values4; [nparts][T][width], width % 4 == 0). xn (else NULL):
+// qkv is the product of the raw residual rows xn [T, hn] (the input norm's weight folded into
+// the projection's), so each value is first scaled by 1 / rms(xn[t]) and rounded to T.
 template <typename T>
 __global__ void qkv_rope_cache_k(T* __restrict__ q_out, const T* __restrict__ qkv,
                                  const T* __restrict__ bias, const T* __restrict__ cos_t,
                                  const T* __restrict__ sin_t, const int64_t* __restrict__ pos,
                                  const int64_t* __restrict__ slot_b,
                                  const int64_t* __restrict__ slot_o, T* kc, T* vc, int hq, int hkv,
-                                 int d, int bs, const float* __restrict__ parts, int nparts) {
+                                 int d, int bs, const float* __restrict__ parts, int nparts,
+                                 const T* __restrict__ xn, int hn, float eps) {
   extern __shared__ float prow[];  // [width] when parts: the row's summed partials
   pdl_entry();
   int t = blockIdx.x;
@@ -208,6 +240,7 @@ __global__ void qkv_rope_cache_k(T* __restrict__ q_out, const T* __restrict__ qk
   const T* row = qkv + (int64_t)t * width;
   int64_t p = pos[t];
   int64_t slot = slot_b[t] * bs + slot_o[t];
+  const float sc = xn ? row_rrms(xn + (int64_t)t * hn, hn, eps) : 1.f;
   if (parts) {
     const int64_t pstride = (int64_t)gridDim.x * width;
     for (int q = threadIdx.x; q < width / 4; q += blockDim.x)
@@ -217,10 +250,12 @@ __global__ void qkv_rope_cache_k(T* __restrict__ q_out, const T* __restrict__ qk
   for (int i = threadIdx.x; i < width; i += blockDim.x) {
     int head = i / d, j = i - head * d;
     float a = parts ? prow[i] : to_f(row[i]);
+    if (xn) a = rnd<T>(a * sc);
     if (bias) a = rnd<T>(a + to_f(bias[i]));
     if (head < hq + hkv) {
       int pi = j < half ? i + half : i - half;
       float pv = parts ? prow[pi] : to_f(row[pi]);
+      if (xn) pv = rnd<T>(pv * sc);
       if (bias) pv = rnd<T>(pv + to_f(bias[pi]));
       float rot = j < half ? -pv : pv;
       float c = to_f(cos_t[p * d + j]), s = to_f(sin_t[p * d + j]);
@@ -1681,7 +1716,7 @@ static int num_sms() {  // of the current device, cached
 #include "gemm_silu.cuh"  // gate_up + SiLU * mul in one kernel for 17..64-row decode steps
 #include "lt_gemm.cuh"    // cuBLASLt matmuls with a measured algorithm choice
 #include "head_select.cuh"  // the LM head's GEMM + token selection in one kernel
-#include "step_mailbox.cuh"  // graph steps' input and ids through mapped pinned memory
+#include "gemm_acc.cuh"     // y += x . W^T on cuBLAS (beta = 1): the folded-norm path's o / down
 
 // split-K attention's partials merged by a second launch (attn_combine_k), when the splits
 // did not merge in their own launch
@@ -1872,6 +1907,16 @@ int rl_silu_mul(void* out, const void* gu, int64_t tokens, int inter, int dtype,
   return (int)cudaGetLastError();
 }
 
+// rl_silu_mul of gu = xn[tokens, hn] . W'^T (the post-attention norm's weight folded into W')
+int rl_silu_mul_rms(void* out, const void* gu, const void* xn, int hn, float eps, int tokens,
+                    int inter, int dtype, void* stream) {
+  if (tokens == 0) return 0;
+  if (!xn || hn <= 0) return (int)cudaErrorInvalidValue;
+  DISPATCH(dtype, launch_k(silu_mul_rms_k<T>, tokens, 512, 0, (cudaStream_t)stream, (T*)out,
+                      (const T*)gu, (const T*)xn, hn, eps, inter));
+  return (int)cudaGetLastError();
+}
+
 int rl_cast_f32(void* out, const void* in, int64_t n, int dtype, void* stream) {
   if (n == 0) return 0;
   DISPATCH(dtype, launch_k(cast_f32_k<T>, grid_for(n, 256), 256, 0, (cudaStream_t)stream,
@@ -1882,7 +1927,8 @@ int rl_cast_f32(void* out, const void* in, int64_t n, int dtype, void* stream) {
 static int qkv_rope_launch(void* q_out, const void* qkv, const void* parts, int nparts,
                            const void* bias, const void* cos_t, const void* sin_t, const void* pos,
                            const void* slot_b, const void* slot_o, void* kc, void* vc, int tokens,
-                           int hq, int hkv, int d, int bs, int dtype, void* stream) {
+                           int hq, int hkv, int d, int bs, int dtype, void* stream,
+                           const void* xn = nullptr, int hn = 0, float eps = 0.f) {
   if (tokens == 0) return 0;
   int width = (hq + 2 * hkv) * d;
   int th = rows_threads(width / 2);
@@ -1891,7 +1937,8 @@ static int qkv_rope_launch(void* q_out, const void* qkv, const void* parts, int 
   DISPATCH(dtype, launch_k(qkv_rope_cache_k<T>, tokens, th, smem, (cudaStream_t)stream,
                       (T*)q_out, (const T*)qkv, (const T*)bias, (const T*)cos_t, (const T*)sin_t,
                       (const int64_t*)pos, (const int64_t*)slot_b, (const int64_t*)slot_o, (T*)kc,
-                      (T*)vc, hq, hkv, d, bs, (const float*)parts, nparts));
+                      (T*)vc, hq, hkv, d, bs, (const float*)parts, nparts, (const T*)xn, hn,
+                      eps));
   return (int)cudaGetLastError();
 }
 
@@ -1901,6 +1948,18 @@ int rl_qkv_rope_cache(void* q_out, const void* qkv, const void* bias, const void
                       void* stream) {
   return qkv_rope_launch(q_out, qkv, nullptr, 0, bias, cos_t, sin_t, pos, slot_b, slot_o, kc, vc,
                          tokens, hq, hkv, d, bs, dtype, stream);
+}
+
+// rl_qkv_rope_cache where qkv = xn[tokens, hn] . W'^T, the raw residual rows' product with the
+// input norm's weight folded into W': each value is scaled by 1 / rms(xn[t]) first
+int rl_qkv_rope_cache_rms(void* q_out, const void* qkv, const void* bias, const void* cos_t,
+                          const void* sin_t, const void* pos, const void* slot_b,
+                          const void* slot_o, void* kc, void* vc, const void* xn, int hn,
+                          float eps, int tokens, int hq, int hkv, int d, int bs, int dtype,
+                          void* stream) {
+  if (!xn || hn <= 0) return (int)cudaErrorInvalidValue;
+  return qkv_rope_launch(q_out, qkv, nullptr, 0, bias, cos_t, sin_t, pos, slot_b, slot_o, kc, vc,
+                         tokens, hq, hkv, d, bs, dtype, stream, xn, hn, eps);
 }
 
 // rl_qkv_rope_cache on the qkv projection's split-K partials: parts float32

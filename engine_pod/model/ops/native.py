@@ -118,9 +118,11 @@ class NativeOps(DecoderOps):
         return F.silu(gate) * up
 
     def final_norm(
-        self, x: paddle.Tensor, delta: paddle.Tensor, w: paddle.Tensor, st: NativeStep, eps: float
-    ) -> paddle.Tensor:
-        x = x + delta
+        self, x: paddle.Tensor, delta: paddle.Tensor | None, w: paddle.Tensor, st: NativeStep,
+        eps: float,
+    ) -> paddle.Tensor:  # fmt: skip
+        if delta is not None:
+            x = x + delta
         rows = paddle.index_select(x, paddle.to_tensor(st.plan.sample_rows))
         return rms_norm(rows, w, eps)
 
