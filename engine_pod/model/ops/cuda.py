@@ -339,7 +339,8 @@ class CudaOps(DecoderOps):
     def _gemm_acc_ready(self) -> bool:
         """Can rl_gemm_acc run (cuBLAS opened by its soname, a handle made)? Paddle loads
         cuBLAS on its first matmul, so one runs first."""
-        a = paddle.ones([8, 8], dtype="float32")
+        a = paddle.to_tensor(np.ones((8, 8), np.float32), place=paddle.CPUPlace())
+        a = a.cuda(self.device_id)  # a copy: no Paddle GPU kernel but the matmul
         paddle.matmul(a, a)
         rc = int(self.lib.rl_gemm_acc_available())
         if rc:
