@@ -195,18 +195,32 @@ __global__ void silu_mul_k(T* __restrict__ out, const T* __restrict__ gu, int64_
 }
 
 // silu_mul_k where gu = xn[t] . W'^T, the raw residual row's product with the post-attention
-// norm's weight folded into W' (one block a row): g and u scaled by 1 / rms(xn[t]), rounded
+// norm's weight folded into W': g and u scaled by 1 / rms(xn[t]) and rounded. Block (t, y)
+// takes SILU_RMS_PER x blockDim.x columns of row t; each thread loads all its g and u before
+// the row's sum of squares, so the two reads overlap (one round trip, not one a column).
+constexpr int SILU_RMS_PER = 8;
 template <typename T>
 __global__ void silu_mul_rms_k(T* __restrict__ out, const T* __restrict__ gu,
                                const T* __restrict__ xn, int hn, float eps, int inter) {
   pdl_entry();
   const int64_t t = blockIdx.x;
-  const float sc = row_rrms(xn + t * hn, hn, eps);
+  const int c0 = blockIdx.y * blockDim.x * SILU_RMS_PER + threadIdx.x;
   const T* g_row = gu + t * 2 * inter;
-  for (int c = threadIdx.x; c < inter; c += blockDim.x) {
-    float g = rnd<T>(to_f(g_row[c]) * sc);
-    float u = rnd<T>(to_f(g_row[inter + c]) * sc);
-    out[t * inter + c] = from_f<T>(rnd<T>(g / (1.f + expf(-g))) * u);
+  float g[SILU_RMS_PER], u[SILU_RMS_PER];
+#pragma unroll
+  for (int k = 0; k < SILU_RMS_PER; ++k) {
+    const int c = c0 + k * blockDim.x;
+    g[k] = c < inter ? to_f(g_row[c]) : 0.f;
+    u[k] = c < inter ? to_f(g_row[inter + c]) : 0.f;
+  }
+  const float sc = row_rrms(xn + t * hn, hn, eps);
+#pragma unroll
+  for (int k = 0; k < SILU_RMS_PER; ++k) {
+    const int c = c0 + k * blockDim.x;
+    if (c < inter) {
+      const float gs = rnd<T>(g[k] * sc), us = rnd<T>(u[k] * sc);
+      out[t * inter + c] = from_f<T>(rnd<T>(gs / (1.f + expf(-gs))) * us);
+    }
   }
 }
 
@@ -1912,7 +1926,9 @@ int rl_silu_mul_rms(void* out, const void* gu, const void* xn, int hn, float eps
                     int inter, int dtype, void* stream) {
   if (tokens == 0) return 0;
   if (!xn || hn <= 0) return (int)cudaErrorInvalidValue;
-  DISPATCH(dtype, launch_k(silu_mul_rms_k<T>, tokens, 512, 0, (cudaStream_t)stream, (T*)out,
+  const int threads = 256, cols = threads * SILU_RMS_PER;
+  const dim3 grid((unsigned)tokens, (unsigned)((inter + cols - 1) / cols));
+  DISPATCH(dtype, launch_k(silu_mul_rms_k<T>, grid, threads, 0, (cudaStream_t)stream, (T*)out,
                       (const T*)gu, (const T*)xn, hn, eps, inter));
   return (int)cudaGetLastError();
 }
