@@ -239,37 +239,6 @@ __global__ void cast_f32_k(float* __restrict__ out, const T* __restrict__ in, in
 // GEMM's split-K partials (parts_values4; [nparts][T][width], width % 4 == 0). xn (else NULL):
 // qkv is the product of the raw residual rows xn [T, hn] (the input norm's weight folded into
 // the projection's), so each value is first scaled by 1 / rms(xn[t]) and rounded to T.
-// one output element of qkv_rope_cache_k: a = qkv[t, i] and pv = its RoPE partner's value
-// (scaled and rounded, before the bias), c / s = the row's cos / sin at i's head offset
-template <typename T>
-struct RopeRow {
-  T* q_out;
-  T* kc;
-  T* vc;
-  const T* bias;
-  int hq, hkv, d;
-  int64_t t, slot;
-
-  __device__ __forceinline__ void emit(int i, float a, float pv, float c, float s) const {
-    const int head = i / d, j = i - head * d, half = d / 2;
-    if (bias) a = rnd<T>(a + to_f(bias[i]));
-    if (head < hq + hkv) {
-      if (bias) pv = rnd<T>(pv + to_f(bias[j < half ? i + half : i - half]));
-      const float rot = j < half ? -pv : pv;
-      const float r = rnd<T>(rnd<T>(a * c) + rnd<T>(rot * s));
-      if (head < hq)
-        q_out[(t * hq + head) * d + j] = from_f<T>(r);
-      else
-        kc[(slot * hkv + (head - hq)) * d + j] = from_f<T>(r);
-    } else {
-      vc[(slot * hkv + (head - hq - hkv)) * d + j] = from_f<T>(a);
-    }
-  }
-};
-
-// how many of a thread's elements qkv_rope_cache_k loads before the row's 1 / rms (xn)
-constexpr int ROPE_RMS_PRE = 4;
-
 template <typename T>
 __global__ void qkv_rope_cache_k(T* __restrict__ q_out, const T* __restrict__ qkv,
                                  const T* __restrict__ bias, const T* __restrict__ cos_t,
@@ -280,39 +249,12 @@ __global__ void qkv_rope_cache_k(T* __restrict__ q_out, const T* __restrict__ qk
                                  const T* __restrict__ xn, int hn, float eps) {
   extern __shared__ float prow[];  // [width] when parts: the row's summed partials
   pdl_entry();
-  const int t = blockIdx.x;
-  const int width = (hq + 2 * hkv) * d, half = d / 2;
+  int t = blockIdx.x;
+  int width = (hq + 2 * hkv) * d, half = d / 2;
   const T* row = qkv + (int64_t)t * width;
-  const int64_t p = pos[t];
-  const RopeRow<T> out{q_out, kc, vc, bias, hq, hkv, d, t, slot_b[t] * bs + slot_o[t]};
-  const T* cs = cos_t + p * d;
-  const T* sn = sin_t + p * d;
-  auto partner = [&](int i) {
-    const int j = i % d;
-    return j < half ? i + half : i - half;
-  };
-  if (xn) {  // the first elements' loads go out with xn's, then the rest
-    float a[ROPE_RMS_PRE], pv[ROPE_RMS_PRE], c[ROPE_RMS_PRE], sv[ROPE_RMS_PRE];
-#pragma unroll
-    for (int k = 0; k < ROPE_RMS_PRE; ++k) {
-      const int i = threadIdx.x + k * blockDim.x;
-      const bool in = i < width, rot = in && i / d < hq + hkv;
-      a[k] = in ? to_f(row[i]) : 0.f;
-      pv[k] = rot ? to_f(row[partner(i)]) : 0.f;
-      c[k] = rot ? to_f(cs[i % d]) : 0.f;
-      sv[k] = rot ? to_f(sn[i % d]) : 0.f;
-    }
-    const float sc = row_rrms(xn + (int64_t)t * hn, hn, eps);
-#pragma unroll
-    for (int k = 0; k < ROPE_RMS_PRE; ++k) {
-      const int i = threadIdx.x + k * blockDim.x;
-      if (i < width) out.emit(i, rnd<T>(a[k] * sc), rnd<T>(pv[k] * sc), c[k], sv[k]);
-    }
-    for (int i = threadIdx.x + ROPE_RMS_PRE * blockDim.x; i < width; i += blockDim.x)
-      out.emit(i, rnd<T>(to_f(row[i]) * sc), rnd<T>(to_f(row[partner(i)]) * sc),
-               to_f(cs[i % d]), to_f(sn[i % d]));
-    return;
-  }
+  int64_t p = pos[t];
+  int64_t slot = slot_b[t] * bs + slot_o[t];
+  const float sc = xn ? row_rrms(xn + (int64_t)t * hn, hn, eps) : 1.f;
   if (parts) {
     const int64_t pstride = (int64_t)gridDim.x * width;
     for (int q = threadIdx.x; q < width / 4; q += blockDim.x)
@@ -320,11 +262,25 @@ __global__ void qkv_rope_cache_k(T* __restrict__ q_out, const T* __restrict__ qk
     __syncthreads();
   }
   for (int i = threadIdx.x; i < width; i += blockDim.x) {
-    const bool rot = i / d < hq + hkv;
-    const float a = parts ? prow[i] : to_f(row[i]);
-    const int pi = partner(i);
-    const float pv = rot ? (parts ? prow[pi] : to_f(row[pi])) : 0.f;
-    out.emit(i, a, pv, rot ? to_f(cs[i % d]) : 0.f, rot ? to_f(sn[i % d]) : 0.f);
+    int head = i / d, j = i - head * d;
+    float a = parts ? prow[i] : to_f(row[i]);
+    if (xn) a = rnd<T>(a * sc);
+    if (bias) a = rnd<T>(a + to_f(bias[i]));
+    if (head < hq + hkv) {
+      int pi = j < half ? i + half : i - half;
+      float pv = parts ? prow[pi] : to_f(row[pi]);
+      if (xn) pv = rnd<T>(pv * sc);
+      if (bias) pv = rnd<T>(pv + to_f(bias[pi]));
+      float rot = j < half ? -pv : pv;
+      float c = to_f(cos_t[p * d + j]), s = to_f(sin_t[p * d + j]);
+      float r = rnd<T>(rnd<T>(a * c) + rnd<T>(rot * s));
+      if (head < hq)
+        q_out[((int64_t)t * hq + head) * d + j] = from_f<T>(r);
+      else
+        kc[(slot * hkv + (head - hq)) * d + j] = from_f<T>(r);
+    } else {
+      vc[(slot * hkv + (head - hq - hkv)) * d + j] = from_f<T>(a);
+    }
   }
 }
 
