@@ -175,11 +175,12 @@ class DecoderOps(ABC):
         return self.folds_norms(dtype)
 
     def _unit_norm(self, x: paddle.Tensor) -> paddle.Tensor:
-        h = int(x.shape[1])
-        cache = self.__dict__.setdefault("_unit_norms", {})
-        if (h, x.dtype) not in cache:
-            cache[(h, x.dtype)] = self.to_device(np.ones(h, np.float32), _dtype_str(x))
-        return cache[(h, x.dtype)]
+        """A norm weight of ones for rows like x's (made once per width and dtype)."""
+        key = (int(x.shape[1]), _dtype_str(x))
+        units = self.__dict__.setdefault("_unit_norms", {})
+        if key not in units:
+            units[key] = self.to_device(np.ones(key[0], np.float32), key[1])
+        return units[key]
 
     def qkv_rope_rms_linear(
         self, x: paddle.Tensor, w: paddle.Tensor, bias: paddle.Tensor | None, st: Any,
@@ -207,5 +208,5 @@ class DecoderOps(ABC):
 
 
 def _dtype_str(t: paddle.Tensor) -> str:
-    """ "float32", "bfloat16", ... of a Paddle tensor."""
+    """The dtype name of a Paddle tensor: "float32", "bfloat16", ..."""
     return str(t.dtype).replace("paddle.", "")
