@@ -1,6 +1,6 @@
 // y[M, N] += x[M, K] . W[N, K]^T on cuBLAS (bf16 in / out, float32 accumulation, beta = 1):
 // a GEMM that adds its product into the residual stream itself, one rounding (included by
-// kernels.cu after lt_gemm.cuh, whose dlopen helper `lt::sym` it shares).
+// kernels.cu after lt_gemm.cuh, whose dlopen helpers `lt::open_library` and `lt::sym` it shares).
 //
 // Paddle's `matmul` has no beta, so its product would need an add kernel after it — and a
 // kernel after a cuBLAS GEMM cannot start early (cuBLAS kernels are no programmatic dependent
@@ -30,11 +30,7 @@ inline Api& api() {
   static Api a;
   static std::once_flag once;
   std::call_once(once, [] {
-    const char* env = getenv("RLFLEET_CUBLAS");
-    const char* names[] = {env, "libcublas.so.12", "libcublas.so.13"};
-    void* lib = nullptr;
-    for (const char* n : names)
-      if (n && *n && (lib = dlopen(n, RTLD_NOW | RTLD_LOCAL))) break;
+    void* lib = lt::open_library("RLFLEET_CUBLAS", "libcublas");
     if (!lib) {
       a.error = 1;
       return;

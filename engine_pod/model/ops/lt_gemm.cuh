@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <map>
 #include <mutex>
+#include <string>
 #include <tuple>
 
 namespace lt {
@@ -74,15 +75,22 @@ bool sym(void* lib, const char* name, F& f) {
   return f != nullptr;
 }
 
+// the first of $env_var, name.so.12, name.so.13 that dlopen opens (NULL: none)
+inline void* open_library(const char* env_var, const char* name) {
+  const std::string base(name);
+  const std::string v12 = base + ".so.12", v13 = base + ".so.13";
+  const char* names[] = {getenv(env_var), v12.c_str(), v13.c_str()};
+  for (const char* n : names)
+    if (n && *n)
+      if (void* lib = dlopen(n, RTLD_NOW | RTLD_LOCAL)) return lib;
+  return nullptr;
+}
+
 inline Api& api() {
   static Api a;
   static std::once_flag once;
   std::call_once(once, [] {
-    const char* env = getenv("RLFLEET_CUBLASLT");
-    const char* names[] = {env, "libcublasLt.so.12", "libcublasLt.so.13"};
-    void* lib = nullptr;
-    for (const char* n : names)
-      if (n && *n && (lib = dlopen(n, RTLD_NOW | RTLD_LOCAL))) break;
+    void* lib = open_library("RLFLEET_CUBLASLT", "libcublasLt");
     if (!lib) {
       a.error = 1;
       return;
