@@ -334,7 +334,7 @@ class CudaOps(DecoderOps):
         # the folded-norm path's row floor: steps the fused / streaming kernels do not take
         self.folded_min_rows = max(self.fused_gemm_rows, self.stream_gemm_rows,
                                    self.gate_up_silu_rows) + 1  # fmt: skip
-        self.fold_norms = FOLD_NORMS and self._gemm_acc_ready()
+        self._fold: bool | None = None if FOLD_NORMS else False  # None: not asked yet
         self.synchronize()
 
     def _gemm_acc_ready(self) -> bool:
@@ -781,7 +781,13 @@ class CudaOps(DecoderOps):
 
     # ---- folded norms (ops/base.py)
     def folds_norms(self, dtype: str) -> bool:
-        return self.fold_norms and dtype == "bfloat16"
+        """bf16 weights, when rl_gemm_acc can run (checked on the first bf16 build: float32
+        models never open cuBLAS for it)."""
+        if dtype != "bfloat16":
+            return False
+        if self._fold is None:
+            self._fold = self._gemm_acc_ready()
+        return self._fold
 
     def folded_layers(self, st: CudaStep, dtype: str) -> bool:
         """bf16 steps of more rows than the fused / streaming kernels take (a graph bucket
