@@ -654,22 +654,28 @@ class CudaOps(DecoderOps):
 
     def _qkv_rope(self, qkv: paddle.Tensor | None, parts: SplitKParts | None,
                   bias: paddle.Tensor | None, st: CudaStep, kc: paddle.Tensor,
-                  vc: paddle.Tensor) -> paddle.Tensor:  # fmt: skip
-        """rl_qkv_rope_cache on the qkv product, or rl_qkv_rope_cache_parts on its partials."""
+                  vc: paddle.Tensor, xn: paddle.Tensor | None = None,
+                  eps: float = 0.0) -> paddle.Tensor:  # fmt: skip
+        """rl_qkv_rope_cache on the qkv product, rl_qkv_rope_cache_parts on its partials, or
+        with `xn` (the raw rows it is the product of) rl_qkv_rope_cache_rms."""
         cfg = st.cfg
         dt = dtype_name(kc)
         q = self._empty([st.n_tok, cfg.num_heads, cfg.head_dim], dt)
-        tail = (bias.data_ptr() if bias is not None else None, st.rope.cos.data_ptr(),
-                st.rope.sin.data_ptr(), st.pos, st.slot_b, st.slot_o, kc.data_ptr(),
-                vc.data_ptr(), st.n_tok, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                st.block_size, _CODE[dt], self.stream)  # fmt: skip
+        tensors = (bias.data_ptr() if bias is not None else None, st.rope.cos.data_ptr(),
+                   st.rope.sin.data_ptr(), st.pos, st.slot_b, st.slot_o, kc.data_ptr(),
+                   vc.data_ptr())  # fmt: skip
+        dims = (st.n_tok, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, st.block_size,
+                _CODE[dt], self.stream)  # fmt: skip
         if parts is not None:
             if parts.rows != st.n_tok:
                 raise ValueError(f"qkv partials of {parts.rows} rows for a step of {st.n_tok}")
             self._call("rl_qkv_rope_cache_parts", q.data_ptr(), parts.t.data_ptr(), parts.splits,
-                       *tail)  # fmt: skip
+                       *tensors, *dims)  # fmt: skip
+        elif xn is not None:
+            self._call("rl_qkv_rope_cache_rms", q.data_ptr(), qkv.data_ptr(), *tensors,
+                       xn.data_ptr(), int(xn.shape[1]), eps, *dims)  # fmt: skip
         else:
-            self._call("rl_qkv_rope_cache", q.data_ptr(), qkv.data_ptr(), *tail)
+            self._call("rl_qkv_rope_cache", q.data_ptr(), qkv.data_ptr(), *tensors, *dims)
         return q
 
     def attention(
@@ -798,22 +804,12 @@ class CudaOps(DecoderOps):
         self, x: paddle.Tensor, w: paddle.Tensor, bias: paddle.Tensor | None, st: CudaStep,
         kc: paddle.Tensor, vc: paddle.Tensor, eps: float,
     ) -> paddle.Tensor:  # fmt: skip
-        cfg = st.cfg
-        qkv = paddle.matmul(x, w, transpose_y=True)
-        dt = dtype_name(kc)
-        q = self._empty([st.n_tok, cfg.num_heads, cfg.head_dim], dt)
-        self._call("rl_qkv_rope_cache_rms", q.data_ptr(), qkv.data_ptr(),
-                   bias.data_ptr() if bias is not None else None, st.rope.cos.data_ptr(),
-                   st.rope.sin.data_ptr(), st.pos, st.slot_b, st.slot_o, kc.data_ptr(),
-                   vc.data_ptr(), x.data_ptr(), int(x.shape[1]), eps, st.n_tok, cfg.num_heads,
-                   cfg.num_kv_heads, cfg.head_dim, st.block_size, _CODE[dt],
-                   self.stream)  # fmt: skip
-        return q
+        return self._qkv_rope(self.linear(x, w), None, bias, st, kc, vc, xn=x, eps=eps)
 
     def silu_rms_linear(
         self, x: paddle.Tensor, gate_up: paddle.Tensor, eps: float
     ) -> paddle.Tensor:
-        gu = paddle.matmul(x, gate_up, transpose_y=True)
+        gu = self.linear(x, gate_up)
         dt = dtype_name(gu)
         n, inter = int(gu.shape[0]), int(gu.shape[1]) // 2
         out = self._empty([n, inter], dt)
